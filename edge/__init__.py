@@ -1,0 +1,1 @@
+"""The cabinet daemon: hardware access, weighing pipeline, door sessions, billing, store."""

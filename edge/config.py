@@ -1,0 +1,255 @@
+"""The cabinet's TOML configuration, validated at start.
+
+Every error names the file and the key, e.g.
+``cabinet.toml: lanes[2].price_fen: must be an integer number of fen``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+from edge.model import LANE_MODES, Calibration, CabinetSpec, Lane
+from edge.session import SessionConfig
+from edge.weighing import WeighingConfig
+
+HARDWARE_BACKENDS = ("sim",)
+
+
+@dataclass(frozen=True, slots=True)
+class SimHardware:
+    """The simulated cabinet (``[hardware] backend = "sim"``)."""
+
+    seed: int = 7
+    residents: bool = True  # simulated residents shop now and then
+    mean_gap_s: float = 20.0  # mean time between two simulated shoppers (s)
+    physics: dict[str, float] = field(default_factory=dict)  # overrides of scenario physics
+
+
+@dataclass(frozen=True, slots=True)
+class CabinetConfig:
+    """Everything the daemon reads from its TOML file."""
+
+    source: str
+    cabinet_id: str
+    db_path: Path
+    sample_rate_hz: float
+    backend: str
+    sim: SimHardware
+    calibrations: tuple[Calibration, ...]
+    lanes: tuple[Lane, ...]
+    stock: dict[int, list[float]]
+    sessions: SessionConfig
+    weighing: WeighingConfig
+
+    def spec(self) -> CabinetSpec:
+        return CabinetSpec(
+            cabinet_id=self.cabinet_id,
+            sample_rate_hz=self.sample_rate_hz,
+            calibrations=self.calibrations,
+            lanes=self.lanes,
+            stock={k: list(v) for k, v in self.stock.items()},
+        )
+
+
+class _Reader:
+    """Typed access to a TOML table with errors that name the key."""
+
+    def __init__(self, source: str, table: Any, path: str) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {path or 'top level'}: must be a table")
+        self.source, self.table, self.path = source, table, path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.key(name)}: {problem}")
+
+    def get(self, name: str, default: Any = ...) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is ...:
+                raise self.fail(name, "missing")
+            return default
+        return self.table[name]
+
+    def str_(self, name: str, default: Any = ...) -> str:
+        v = self.get(name, default)
+        if not isinstance(v, str) or not v:
+            raise self.fail(name, "must be a non-empty string")
+        return v
+
+    def int_(self, name: str, default: Any = ..., minimum: int | None = None) -> int:
+        v = self.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.fail(name, "must be an integer")
+        if minimum is not None and v < minimum:
+            raise self.fail(name, f"must be >= {minimum}")
+        return v
+
+    def num(self, name: str, default: Any = ..., positive: bool = False) -> float:
+        v = self.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.fail(name, "must be a number")
+        if positive and v <= 0:
+            raise self.fail(name, "must be > 0")
+        if v < 0:
+            raise self.fail(name, "must be >= 0")
+        return float(v)
+
+    def bool_(self, name: str, default: Any = ...) -> bool:
+        v = self.get(name, default)
+        if not isinstance(v, bool):
+            raise self.fail(name, "must be true or false")
+        return v
+
+    def sub(self, name: str, required: bool = False) -> _Reader:
+        v = self.get(name, ... if required else {})
+        return _Reader(self.source, v, self.key(name))
+
+    def done(self) -> None:
+        extra = sorted(set(self.table) - self.used)
+        if extra:
+            raise self.fail(extra[0], "unknown key")
+
+
+def _dataclass_from(reader: _Reader, cls: Any) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in reader.table:
+            default = getattr(cls(), f.name)
+            if isinstance(default, int) and not isinstance(default, bool):
+                kwargs[f.name] = reader.int_(f.name, minimum=1)
+            else:
+                kwargs[f.name] = reader.num(f.name, positive=True)
+    reader.done()
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> CabinetConfig:
+    """Read and validate a cabinet TOML file."""
+    p = Path(path)
+    source = p.name
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(data, source=source, base=p.parent)
+
+
+def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetConfig:
+    """Validate an already parsed TOML document (``base`` resolves relative paths)."""
+    top = _Reader(source, data, "")
+    cab = top.sub("cabinet", required=True)
+    cabinet_id = cab.str_("id")
+    db = cab.str_("db", "var/cabinet.db")
+    rate = cab.num("sample_rate_hz", 80.0, positive=True)
+    cab.done()
+
+    hw = top.sub("hardware", required=True)
+    backend = hw.str_("backend")
+    if backend not in HARDWARE_BACKENDS:
+        raise hw.fail("backend", f"unknown backend {backend!r}; one of {', '.join(HARDWARE_BACKENDS)}")
+    simr = hw.sub("sim")
+    phys = simr.sub("physics")
+    physics = {k: phys.num(k) for k in list(phys.table)}
+    phys.done()
+    sim = SimHardware(
+        seed=simr.int_("seed", 7),
+        residents=simr.bool_("residents", True),
+        mean_gap_s=simr.num("mean_gap_s", 20.0, positive=True),
+        physics=physics,
+    )
+    simr.done()
+    hw.done()
+
+    calibrations: list[Calibration] = []
+    channels = top.get("channels")
+    if not isinstance(channels, list) or not channels:
+        raise top.fail("channels", "must be a non-empty array of tables ([[channels]])")
+    seen: set[int] = set()
+    for i, raw in enumerate(channels):
+        r = _Reader(source, raw, f"channels[{i}]")
+        ch = r.int_("channel", minimum=0)
+        if ch in seen:
+            raise r.fail("channel", f"channel {ch} is listed twice")
+        seen.add(ch)
+        calibrations.append(
+            Calibration(ch, float(r.get("zero_counts")), r.num("counts_per_g", positive=True))
+        )
+        if isinstance(r.table["zero_counts"], bool) or not isinstance(
+            r.table["zero_counts"], int | float
+        ):
+            raise r.fail("zero_counts", "must be a number")
+        r.done()
+
+    lanes: list[Lane] = []
+    raw_lanes = top.get("lanes")
+    if not isinstance(raw_lanes, list) or not raw_lanes:
+        raise top.fail("lanes", "must be a non-empty array of tables ([[lanes]])")
+    lane_numbers: set[int] = set()
+    for i, raw in enumerate(raw_lanes):
+        r = _Reader(source, raw, f"lanes[{i}]")
+        number = r.int_("lane", minimum=1)
+        if number in lane_numbers:
+            raise r.fail("lane", f"lane {number} is listed twice")
+        lane_numbers.add(number)
+        mode = r.str_("mode")
+        if mode not in LANE_MODES:
+            raise r.fail("mode", f"must be one of {', '.join(LANE_MODES)}")
+        channel = r.int_("channel", number - 1, minimum=0)
+        if channel not in seen:
+            raise r.fail("channel", f"channel {channel} has no [[channels]] entry")
+        lane = Lane(
+            lane=number,
+            sku=r.str_("sku"),
+            mode=mode,  # type: ignore[arg-type]
+            channel=channel,
+            name=r.str_("name", r.table.get("sku", "?")),
+            price_fen=r.int_("price_fen", minimum=0) if mode != "weighed" else None,
+            price_fen_per_kg=r.int_("price_fen_per_kg", minimum=0) if mode == "weighed" else None,
+            unit_weight_g=r.num("unit_weight_g", positive=True) if mode == "unit" else None,
+            unit_weight_sd_g=r.num("unit_weight_sd_g") if mode == "unit" else None,
+        )
+        r.done()
+        lanes.append(lane)
+
+    stock_r = top.sub("stock")
+    stock: dict[int, list[float]] = {}
+    for key, weights in stock_r.table.items():
+        stock_r.used.add(key)
+        if not key.isdigit() or int(key) not in lane_numbers:
+            raise stock_r.fail(key, "must name a lane number of [[lanes]]")
+        if not isinstance(weights, list) or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) and w > 0 for w in weights
+        ):
+            raise stock_r.fail(key, "must be a list of item weights in grams (> 0)")
+        stock[int(key)] = [float(w) for w in weights]
+    stock_r.done()
+
+    sessions = _dataclass_from(top.sub("session"), SessionConfig)
+    weighing = _dataclass_from(top.sub("weighing"), WeighingConfig)
+    top.done()
+    db_path = Path(db)  # relative paths are relative to the working directory
+    return CabinetConfig(
+        source=source,
+        cabinet_id=cabinet_id,
+        db_path=db_path,
+        sample_rate_hz=rate,
+        backend=backend,
+        sim=sim,
+        calibrations=tuple(calibrations),
+        lanes=tuple(lanes),
+        stock=stock,
+        sessions=sessions,
+        weighing=weighing,
+    )

@@ -1,0 +1,80 @@
+"""Per-channel filtering: invalid codes out, glitches out, counts to grams.
+
+Everything is vectorised over the channels and the samples of a block, so a
+16-channel cabinet at 80 SPS costs a few microseconds per sample row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edge.model import INVALID_CODES, Calibration, FloatArray
+
+#: Samples in the running median that removes glitches (odd; 5 removes runs of two).
+MEDIAN_TAPS = 5
+
+
+class ChannelFilter:
+    """Turns raw 24-bit counts into grams, channel by channel.
+
+    * invalid codes (``INVALID_CODES``) and missing readings (NaN) become NaN;
+    * calibration: ``g = (raw - zero_counts) / counts_per_g``;
+    * a causal running median over ``MEDIAN_TAPS`` valid-or-not samples rejects
+      valid-looking glitches (single spikes) without blurring a step by more
+      than two samples. NaN inputs are skipped by the median; a window with no
+      valid sample gives NaN.
+    """
+
+    def __init__(self, calibrations: Sequence[Calibration]) -> None:
+        if not calibrations:
+            raise ValueError("a cabinet needs at least one load-cell channel")
+        self.channels = len(calibrations)
+        self.zero: FloatArray = np.array([c.zero_counts for c in calibrations], dtype=np.float64)
+        self.scale: FloatArray = 1.0 / np.array(
+            [c.counts_per_g for c in calibrations], dtype=np.float64
+        )
+        self._history: FloatArray = np.full((MEDIAN_TAPS - 1, self.channels), np.nan)
+        self.invalid_count = np.zeros(self.channels, dtype=np.int64)
+        self.sample_count = 0
+
+    def set_zero(self, channel: int, zero_counts: float) -> None:
+        """Re-zero one channel (tare), in raw counts."""
+        self.zero[channel] = zero_counts
+
+    def grams(self, raw: FloatArray) -> FloatArray:
+        """Calibrated grams of a (n, channels) block, NaN where the reading is invalid or missing.
+
+        Not filtered: the caller's running median is applied by ``process``.
+        """
+        bad = (raw == INVALID_CODES[0]) | (raw == INVALID_CODES[1]) | np.isnan(raw)
+        g = (raw - self.zero) * self.scale
+        g[bad] = np.nan
+        return g
+
+    def process(self, raw: FloatArray) -> FloatArray:
+        """Filter a (n, channels) block of raw counts; returns grams of the same shape."""
+        if raw.ndim != 2 or raw.shape[1] != self.channels:
+            raise ValueError(
+                f"sample block has shape {raw.shape}, expected (n, {self.channels})"
+            )
+        n = raw.shape[0]
+        g = self.grams(raw)
+        nan = np.isnan(g)
+        self.invalid_count += nan.sum(axis=0)
+        self.sample_count += n
+        joined = np.concatenate((self._history, g), axis=0)
+        self._history = joined[-(MEDIAN_TAPS - 1) :].copy()
+        windows = np.lib.stride_tricks.sliding_window_view(joined, MEDIAN_TAPS, axis=0)
+        # windows: (n, channels, taps); NaN sorts last, so the median of the k valid
+        # values sits at positions (k-1)//2 and k//2.
+        ordered = np.sort(windows, axis=2)
+        valid = MEDIAN_TAPS - np.isnan(windows).sum(axis=2)
+        lo = np.maximum((valid - 1) // 2, 0)
+        hi = np.maximum(valid // 2, 0)
+        a = np.take_along_axis(ordered, lo[..., None], axis=2)[..., 0]
+        b = np.take_along_axis(ordered, hi[..., None], axis=2)[..., 0]
+        med: FloatArray = 0.5 * (a + b)
+        med[valid == 0] = np.nan
+        return med

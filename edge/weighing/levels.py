@@ -1,0 +1,191 @@
+"""Stability detection, lane levels and settling, vectorised over channels.
+
+The tracker keeps the last ``window_s`` of filtered grams per channel and, at
+every tick, the statistics the session logic needs:
+
+* whether each channel is *stable* (the spread is what the noise alone explains
+  and the level does not move between the older and the newer half-window);
+* the last stable level of each channel (zero tracking: while the door is shut
+  the level follows drift, temperature and drying, so they never become sales);
+* a per-channel noise estimate (g, of the filtered signal) learnt while idle;
+* whether a channel is *settled* to a required precision after a load change or
+  a door slam, which is what lets the cabinet bill as soon as it can prove the
+  levels, rather than after a fixed delay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge.model import FloatArray
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class WeighingConfig:
+    """Tuning of the weighing pipeline. Every field has a safe default."""
+
+    window_s: float = 0.4  # length of the statistics window (s)
+    min_window_samples: int = 6  # the window never holds fewer samples than this
+    tick_s: float = 0.05  # how often the statistics are evaluated (s of samples)
+    noise_g: float = 1.5  # initial noise estimate of the filtered signal (g rms)
+    noise_floor_g: float = 0.3  # the noise estimate never goes below this (g)
+    noise_ceiling_g: float = 25.0  # ... nor above this (g)
+    noise_adapt: float = 0.05  # weight of each idle stable window in the noise estimate
+    stable_std_factor: float = 1.8  # stable: window std <= factor * noise + floor
+    stable_drift_sigmas: float = 4.0  # stable: half-window means within this many sigmas
+    min_settle_s: float = 0.15  # never call a lane settled sooner after the door closed (s)
+    fault_gap_s: float = 2.0  # a channel with no valid reading this long is faulted (s)
+
+    def window_samples(self, sample_rate_hz: float) -> int:
+        return max(self.min_window_samples, round(self.window_s * sample_rate_hz))
+
+    def tick_samples(self, sample_rate_hz: float) -> int:
+        return max(1, round(self.tick_s * sample_rate_hz))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """Statistics of the current window, one entry per channel (grams)."""
+
+    t: float  # time of the newest sample (s)
+    t_first: float  # time of the oldest sample in the window (s)
+    mean: FloatArray
+    std: FloatArray
+    count: IntArray  # valid samples in the window
+    drift: FloatArray  # mean of the newer half minus mean of the older half
+
+    def level_sigma(self, noise: FloatArray) -> FloatArray:
+        """Standard deviation of ``mean`` as an estimate of the level (g).
+
+        The running median correlates neighbouring samples, so the effective
+        number of independent samples is taken as a third of the count.
+        """
+        n_eff = np.maximum(self.count / 3.0, 1.0)
+        sigma: FloatArray = np.maximum(noise, self.std) / np.sqrt(n_eff)
+        return sigma
+
+
+class LevelTracker:
+    """Keeps the recent filtered samples of every channel and judges them."""
+
+    def __init__(self, channels: int, sample_rate_hz: float, config: WeighingConfig) -> None:
+        self.channels = channels
+        self.config = config
+        self.window = config.window_samples(sample_rate_hz)
+        self._t: FloatArray = np.empty(0)
+        self._g: FloatArray = np.empty((0, channels))
+        self.noise: FloatArray = np.full(channels, config.noise_g)
+        self.stable_level: FloatArray = np.full(channels, np.nan)
+        self.stable_sigma: FloatArray = np.full(channels, np.inf)
+        self.stable_at: FloatArray = np.full(channels, -np.inf)
+        self.last_valid_at: FloatArray = np.full(channels, np.nan)
+
+    # -- samples ---------------------------------------------------------------
+    def push(self, t: FloatArray, grams: FloatArray) -> None:
+        """Append filtered samples (t: (n,), grams: (n, channels))."""
+        if t.size == 0:
+            return
+        valid = ~np.isnan(grams)
+        has = valid.any(axis=0)
+        if has.any():
+            # time of the last valid sample of each channel in this block
+            last_idx = grams.shape[0] - 1 - np.argmax(valid[::-1], axis=0)
+            self.last_valid_at = np.where(has, t[last_idx], self.last_valid_at)
+        elif np.isnan(self.last_valid_at).all():
+            pass
+        if np.isnan(self.last_valid_at).any():
+            # a channel that never answered counts from the first sample seen
+            self.last_valid_at = np.where(
+                np.isnan(self.last_valid_at) & ~has, t[0], self.last_valid_at
+            )
+        self._t = np.concatenate((self._t, t))[-self.window :]
+        self._g = np.concatenate((self._g, grams), axis=0)[-self.window :]
+
+    @property
+    def latest_t(self) -> float:
+        return float(self._t[-1]) if self._t.size else float("-inf")
+
+    def stats(self) -> WindowStats | None:
+        """Statistics of the current window, or None before the first sample."""
+        if self._t.size == 0:
+            return None
+        g = self._g
+        valid = ~np.isnan(g)
+        count = valid.sum(axis=0)
+        x = np.where(valid, g, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = x.sum(axis=0) / count
+            dev = np.where(valid, g - mean, 0.0)
+            var = (dev * dev).sum(axis=0) / np.maximum(count - 1, 1)
+            half = g.shape[0] // 2
+            old_n = valid[:half].sum(axis=0)
+            new_n = valid[half:].sum(axis=0)
+            old_mean = x[:half].sum(axis=0) / old_n
+            new_mean = x[half:].sum(axis=0) / new_n
+        drift = np.where((old_n > 0) & (new_n > 0), new_mean - old_mean, np.nan)
+        return WindowStats(
+            t=float(self._t[-1]),
+            t_first=float(self._t[0]),
+            mean=mean,
+            std=np.sqrt(var),
+            count=count.astype(np.int64),
+            drift=drift,
+        )
+
+    # -- judgements --------------------------------------------------------------
+    def stable(self, s: WindowStats, slack_g: FloatArray | float = 0.0) -> BoolArray:
+        """Channels whose window is flat: spread within noise, no level change.
+
+        ``slack_g`` widens both tests per channel, for lanes that need less precision.
+        """
+        c = self.config
+        full = s.count >= max(3, self.window // 2)
+        spread_ok = s.std <= c.stable_std_factor * self.noise + c.noise_floor_g + slack_g
+        drift_tol = c.stable_drift_sigmas * self.noise * np.sqrt(4.0 / np.maximum(s.count, 1))
+        drift_ok = np.abs(np.nan_to_num(s.drift, nan=np.inf)) <= drift_tol + 0.2 + slack_g
+        ok: BoolArray = full & spread_ok & drift_ok
+        return ok
+
+    def settled(self, s: WindowStats, since: float, tolerance_g: FloatArray) -> BoolArray:
+        """Channels settled to within ``tolerance_g`` using only samples after ``since``.
+
+        A lane needing coarse precision (a 500 g pack) settles while a little
+        ringing is left; a lane priced by weight waits until the ringing is gone.
+        """
+        if s.t_first <= since or s.t - since < self.config.min_settle_s:
+            return np.zeros(self.channels, dtype=np.bool_)
+        return self.stable(s, slack_g=0.5 * tolerance_g)
+
+    def update_idle(self, s: WindowStats, learn_noise: bool) -> BoolArray:
+        """Zero tracking: while idle, stable channels refresh their level (and noise)."""
+        ok = self.stable(s)
+        if ok.any():
+            sigma = s.level_sigma(self.noise)
+            self.stable_level = np.where(ok, s.mean, self.stable_level)
+            self.stable_sigma = np.where(ok, sigma, self.stable_sigma)
+            self.stable_at = np.where(ok, s.t, self.stable_at)
+            if learn_noise:
+                c = self.config
+                learnt = (1.0 - c.noise_adapt) * self.noise + c.noise_adapt * s.std
+                self.noise = np.where(
+                    ok, np.clip(learnt, c.noise_floor_g, c.noise_ceiling_g), self.noise
+                )
+        return ok
+
+    def set_levels(self, mask: BoolArray, level: FloatArray, sigma: FloatArray, t: float) -> None:
+        """Adopt levels measured elsewhere (the settled levels after a session)."""
+        self.stable_level = np.where(mask, level, self.stable_level)
+        self.stable_sigma = np.where(mask, sigma, self.stable_sigma)
+        self.stable_at = np.where(mask, t, self.stable_at)
+
+    def faulted(self, t: float) -> BoolArray:
+        """Channels with no valid reading for ``fault_gap_s``."""
+        gap = t - np.nan_to_num(self.last_valid_at, nan=t)
+        out: BoolArray = gap >= self.config.fault_gap_s
+        return out

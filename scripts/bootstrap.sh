@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create ./.venv (if needed) and install freshbox into it with the given extras.
+# Sourced by the other scripts: `. scripts/bootstrap.sh dev`.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+extras="${1:-}"
+python="${PYTHON:-python3}"
+if [ ! -x "$repo/.venv/bin/python" ]; then
+    "$python" -m venv "$repo/.venv"
+fi
+stamp="$repo/.venv/.installed-${extras:-base}"
+if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+    "$repo/.venv/bin/python" -m pip install --quiet --upgrade pip
+    if [ -n "$extras" ]; then
+        "$repo/.venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
+    else
+        "$repo/.venv/bin/python" -m pip install --quiet -e "$repo"
+    fi
+    touch "$stamp"
+fi
+export PATH="$repo/.venv/bin:$PATH"
