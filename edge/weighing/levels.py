@@ -31,15 +31,17 @@ class WeighingConfig:
     """Tuning of the weighing pipeline. Every field has a safe default."""
 
     window_s: float = 0.4  # length of the statistics window (s)
-    min_window_samples: int = 6  # the window never holds fewer samples than this
+    min_window_samples: int = 10  # the window never holds fewer samples than this
     tick_s: float = 0.05  # how often the statistics are evaluated (s of samples)
     noise_g: float = 1.5  # initial noise estimate of the filtered signal (g rms)
     noise_floor_g: float = 0.3  # the noise estimate never goes below this (g)
     noise_ceiling_g: float = 25.0  # ... nor above this (g)
     noise_adapt: float = 0.05  # weight of each idle stable window in the noise estimate
+    baseline_s: float = 2.0  # while idle and stable, the level averages over about this long (s)
     stable_std_factor: float = 1.8  # stable: window std <= factor * noise + floor
     stable_drift_sigmas: float = 4.0  # stable: half-window means within this many sigmas
     min_settle_s: float = 0.15  # never call a lane settled sooner after the door closed (s)
+    min_ring_hz: float = 3.0  # lowest natural frequency a loaded shelf rings at (Hz)
     fault_gap_s: float = 2.0  # a channel with no valid reading this long is faulted (s)
 
     def window_samples(self, sample_rate_hz: float) -> int:
@@ -64,10 +66,11 @@ class WindowStats:
         """Standard deviation of ``mean`` as an estimate of the level (g).
 
         The running median correlates neighbouring samples, so the effective
-        number of independent samples is taken as a third of the count.
+        number of independent samples is taken as a third of the count. What a
+        wider spread (ringing) adds is bounded separately (``ringing_bound``).
         """
         n_eff = np.maximum(self.count / 3.0, 1.0)
-        sigma: FloatArray = np.maximum(noise, self.std) / np.sqrt(n_eff)
+        sigma: FloatArray = noise / np.sqrt(n_eff)
         return sigma
 
 
@@ -78,6 +81,7 @@ class LevelTracker:
         self.channels = channels
         self.config = config
         self.window = config.window_samples(sample_rate_hz)
+        self.tick_interval = config.tick_samples(sample_rate_hz) / sample_rate_hz
         self._t: FloatArray = np.empty(0)
         self._g: FloatArray = np.empty((0, channels))
         self.noise: FloatArray = np.full(channels, config.noise_g)
@@ -152,23 +156,63 @@ class LevelTracker:
         ok: BoolArray = full & spread_ok & drift_ok
         return ok
 
-    def settled(self, s: WindowStats, since: float, tolerance_g: FloatArray) -> BoolArray:
-        """Channels settled to within ``tolerance_g`` using only samples after ``since``.
+    def ringing_bound(self, s: WindowStats) -> FloatArray:
+        """Worst-case error (g) that what is left of the ringing puts on the window mean.
 
-        A lane needing coarse precision (a 500 g pack) settles while a little
-        ringing is left; a lane priced by weight waits until the ringing is gone.
+        The mean of an oscillation of amplitude A and angular frequency w over a
+        window W is off by at most 2A/(wW). A is taken as twice the rms of the
+        spread beyond the noise (crest factor and decay within the window), w as
+        the lowest natural frequency a shelf rings at. Adds two sigmas of the mean.
+        """
+        span = max(s.t - s.t_first, 1e-3)
+        rms = np.sqrt(np.maximum(s.std * s.std - self.noise * self.noise, 0.0))
+        ring = 2.0 * (2.0 * rms) / (2.0 * np.pi * self.config.min_ring_hz * span)
+        n_eff = np.maximum(s.count / 3.0, 1.0)
+        bound: FloatArray = ring + 2.0 * self.noise / np.sqrt(n_eff)
+        return bound
+
+    def settled(self, s: WindowStats, since: float, tolerance_g: FloatArray) -> BoolArray:
+        """Channels whose level is known to within ``tolerance_g``, from samples after ``since``.
+
+        A lane that only has to tell whole packs apart settles while some ringing
+        is left; a lane priced by the gram waits until the mean is provably close.
+        The load must also have stopped moving: the half-window means agree within
+        the same bound.
         """
         if s.t_first <= since or s.t - since < self.config.min_settle_s:
             return np.zeros(self.channels, dtype=np.bool_)
-        return self.stable(s, slack_g=0.5 * tolerance_g)
+        c = self.config
+        bound = self.ringing_bound(s)
+        full = s.count >= max(3, self.window // 2)
+        drift = np.abs(np.nan_to_num(s.drift, nan=np.inf))
+        drift_tol = 2.0 * bound + c.stable_drift_sigmas * self.noise * np.sqrt(
+            4.0 / np.maximum(s.count, 1)
+        )
+        ok: BoolArray = full & (bound <= tolerance_g) & (drift <= drift_tol)
+        return ok
 
     def update_idle(self, s: WindowStats, learn_noise: bool) -> BoolArray:
         """Zero tracking: while idle, stable channels refresh their level (and noise)."""
         ok = self.stable(s)
         if ok.any():
+            c = self.config
             sigma = s.level_sigma(self.noise)
-            self.stable_level = np.where(ok, s.mean, self.stable_level)
-            self.stable_sigma = np.where(ok, sigma, self.stable_sigma)
+            # average on while the level stays put (it only drifts while the door is
+            # shut); start afresh when it moved or after a gap in stability
+            span = max(s.t - s.t_first, 1e-3)
+            same = (
+                ok
+                & (s.t - self.stable_at <= 2.5 * self.tick_interval)
+                & (np.abs(s.mean - self.stable_level) <= 3.0 * sigma + 0.5)
+            )
+            alpha = min(1.0, self.tick_interval / c.baseline_s)
+            averaged = np.where(same, self.stable_level + alpha * (s.mean - self.stable_level), s.mean)
+            gain = np.sqrt(max(1.0, c.baseline_s / span))
+            sigma_avg = np.where(
+                same, np.maximum(sigma / gain, np.minimum(self.stable_sigma, sigma)), sigma
+            )
+            self.stable_level = np.where(ok, averaged, self.stable_level)
+            self.stable_sigma = np.where(ok, sigma_avg, self.stable_sigma)
             self.stable_at = np.where(ok, s.t, self.stable_at)
             if learn_noise:
                 c = self.config
