@@ -708,6 +708,13 @@ def _apply(
             weighed.append(p.source)
     tol = max(policy.tolerance_floor_g, k * lin) + policy.item_allowance * tracked_w
     rest = gain - fixed
+    if weighed and fixed > 0:
+        # produce joins a match only for weight the items leave unexplained: the same
+        # items without produce are a candidate of their own
+        lin_fixed = lin - sum(sources[si].reading.sigma_g for si in weighed)
+        tol_fixed = max(policy.tolerance_floor_g, k * lin_fixed) + policy.item_allowance * tracked_w
+        if rest <= tol_fixed + _EPS_G:
+            return None
     units = list(state.units)
     items = list(state.items)
     refund = list(state.refund)

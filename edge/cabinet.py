@@ -60,7 +60,7 @@ def settle_tolerance_g(lane: Lane, tracked_items: Iterable[float] = ()) -> float
         gaps = [b - a for a, b in zip(items, items[1:], strict=False) if b - a > 0.5]
         smallest = min(gaps) if gaps else (items[0] if items else 100.0)
         return min(max(smallest / 4.0, 1.5), 20.0)
-    return 2.0
+    return 2.5
 
 
 @dataclass(slots=True)

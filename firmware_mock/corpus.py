@@ -185,6 +185,9 @@ class _Timeline:
         self.hard = hard
         self.actions: list[Action] = []
         self.t = 0.0
+        #: lanes holding a misplaced item or a foreign object: an operator clears them
+        #: before anyone shops there again, so later sessions do not take from them
+        self.cluttered: set[int] = set()
 
     def build(self) -> tuple[Action, ...]:
         rng = self.rng
@@ -219,14 +222,12 @@ class _Timeline:
         ]
         # plan: a take, then maybe an extra, ...; in the hard tier a take comes last
         plan: list[str] = ["take"] * n_takes
-        for kind in extras:
-            if kind == "foreign":
-                continue
+        if "return" in extras:
             last = len(plan) - 1 if self.hard else len(plan)
-            plan.insert(int(rng.integers(1, max(1, last) + 1)), kind)
-        if "foreign" in extras:
-            # last, so its weight can be checked against everything taken in the session
-            plan.append("foreign")
+            plan.insert(int(rng.integers(1, max(1, last) + 1)), "return")
+        # misplaced items and foreign objects come after the last take, so their weight
+        # can be checked against everything taken in the session
+        plan += [kind for kind in ("misplaced", "foreign") if kind in extras]
         for step in plan:
             self.t = round(self.t, 2)
             if self._take() if step == "take" else self._extra(step):
@@ -239,7 +240,7 @@ class _Timeline:
 
     def _take(self) -> bool:
         rng = self.rng
-        full = [n for n, items in self.ledger.shelves.items() if items]
+        full = [n for n, items in self.ledger.shelves.items() if items and n not in self.cluttered]
         if not full:
             return False
         lane = full[int(rng.integers(len(full)))]
@@ -261,14 +262,19 @@ class _Timeline:
         visit = self.ledger.visit
         assert visit is not None
         out = [i for i, tk in enumerate(visit.taken) if tk.returned_to is None]
+        # a gain on a lane that also lost items hides inside the loss: aim at untouched lanes
+        touched = {tk.lane for tk in visit.taken}
         if kind == "foreign":
-            lanes = list(self.lanes)
+            lanes = [n for n in self.lanes if n not in touched]
+            if not lanes:
+                return False
             lane = lanes[int(rng.integers(len(lanes)))]
             for _ in range(50):
                 w = round(float(rng.uniform(60.0, 600.0)), 1)
                 if self._unambiguous(lane, w, visit.taken, source=None):
                     self.ledger.place(self.t, lane, w)
                     self._add("place", lane=lane, weight_g=w)
+                    self.cluttered.add(lane)
                     return True
             return False
         if not out:
@@ -278,18 +284,21 @@ class _Timeline:
         if kind == "return":
             target = taken.lane
         else:
-            others = [n for n in self.lanes if n != taken.lane]
+            others = [n for n in self.lanes if n != taken.lane and n not in touched]
             rng.shuffle(others)
             fits = [
                 n
                 for n in others
                 if self._unambiguous(n, taken.weight_g, visit.taken, source=taken.lane)
+                and self._no_cheaper_reading(n, taken, visit.taken)
             ]
             if not fits:
                 return False
             target = fits[0]
         self.ledger.return_item(self.t, target, idx)
         self._add("return", lane=target, item=idx)
+        if target != taken.lane:
+            self.cluttered.add(target)
         return True
 
     def _unambiguous(
@@ -321,18 +330,41 @@ class _Timeline:
         if source is None:
             # a foreign object must not look like what a resident could have put back:
             # two items taken, or part of the produce taken from a weighed lane
+            # (up to two items, plus any part of the produce taken from weighed lanes)
             out = [tk for tk in taken if tk.returned_to is None and tk.lane != lane]
-            for i, a in enumerate(out):
-                for b in out[i + 1 :]:
-                    if abs(w - a.weight_g - b.weight_g) <= m:
-                        return False
-            weighed_out: dict[int, float] = {}
-            for tk in out:
-                if self.lanes[tk.lane].mode == "weighed":
-                    weighed_out[tk.lane] = weighed_out.get(tk.lane, 0.0) + tk.weight_g
-            if any(w <= g + m for g in weighed_out.values()):
+            produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
+            items = [tk.weight_g for tk in out if self.lanes[tk.lane].mode != "weighed"]
+            sums = [0.0, *items]
+            sums += [a + b for i, a in enumerate(items) for b in items[i + 1 :]]
+            if any(x - m <= w <= x + produce + m for x in sums):
                 return False
         return True
+
+    def _no_cheaper_reading(self, lane: int, moved: Taken, taken: Sequence[Taken]) -> bool:
+        """Whether ``moved`` arriving on ``lane`` can only be read as itself: no other
+        one or two items taken (plus any part of the produce taken from weighed lanes)
+        weigh the same. Billing must read an ambiguous gain the cheaper way, so a
+        scenario with one would have no single right bill."""
+        m = AMBIGUITY_MARGIN_G
+        w = moved.weight_g
+        out = [tk for tk in taken if tk.returned_to is None and tk.lane != lane]
+        produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
+        others = [
+            tk.weight_g for tk in out if tk is not moved and self.lanes[tk.lane].mode != "weighed"
+        ]
+        sums = list(others) + [a + b for i, a in enumerate(others) for b in others[i + 1 :]]
+        if self.lanes[moved.lane].mode != "weighed":
+            sums.append(0.0)  # produce alone
+        else:
+            # produce from another weighed lane alone
+            elsewhere = sum(
+                tk.weight_g
+                for tk in out
+                if self.lanes[tk.lane].mode == "weighed" and tk.lane != moved.lane
+            )
+            if elsewhere >= w - m:
+                return False
+        return not any(x - m <= w <= x + produce + m for x in sums)
 
     def _add(self, do: str, **kw: object) -> None:
         t = self.t = round(self.t, 2)

@@ -21,6 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edge.model import FloatArray
+from edge.weighing.filter import MEDIAN_TAPS
+
+#: samples one running-median output depends on: the effective sample count divides by it
+MEDIAN_SPAN = float(MEDIAN_TAPS)
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -65,11 +69,11 @@ class WindowStats:
     def level_sigma(self, noise: FloatArray) -> FloatArray:
         """Standard deviation of ``mean`` as an estimate of the level (g).
 
-        The running median correlates neighbouring samples, so the effective
-        number of independent samples is taken as a third of the count. What a
+        The running median correlates the samples it spans, so the effective
+        number of independent samples is the count over ``MEDIAN_SPAN``. What a
         wider spread (ringing) adds is bounded separately (``ringing_bound``).
         """
-        n_eff = np.maximum(self.count / 3.0, 1.0)
+        n_eff = np.maximum(self.count / MEDIAN_SPAN, 1.0)
         sigma: FloatArray = noise / np.sqrt(n_eff)
         return sigma
 
@@ -82,6 +86,8 @@ class LevelTracker:
         self.config = config
         self.window = config.window_samples(sample_rate_hz)
         self.tick_interval = config.tick_samples(sample_rate_hz) / sample_rate_hz
+        # sampled slowly, ringing above the Nyquist frequency aliases to a lower one
+        self.ring_hz = min(config.min_ring_hz, 0.2 * sample_rate_hz)
         self._t: FloatArray = np.empty(0)
         self._g: FloatArray = np.empty((0, channels))
         self.noise: FloatArray = np.full(channels, config.noise_g)
@@ -159,15 +165,16 @@ class LevelTracker:
     def ringing_bound(self, s: WindowStats) -> FloatArray:
         """Worst-case error (g) that what is left of the ringing puts on the window mean.
 
-        The mean of an oscillation of amplitude A and angular frequency w over a
-        window W is off by at most 2A/(wW). A is taken as twice the rms of the
-        spread beyond the noise (crest factor and decay within the window), w as
-        the lowest natural frequency a shelf rings at. Adds two sigmas of the mean.
+        The mean over a window W of a ring that starts the window at amplitude A
+        and decays is off by at most about (1 + e^(-W/tau)) A / (wW) <= 1.4 A/(wW);
+        A is about 2.15 times the rms of the spread beyond the noise (a ring
+        decaying with tau = W), and w is the lowest natural frequency a shelf rings
+        at: together 3 rms / (wW). Adds two sigmas of the mean for the noise.
         """
         span = max(s.t - s.t_first, 1e-3)
         rms = np.sqrt(np.maximum(s.std * s.std - self.noise * self.noise, 0.0))
-        ring = 2.0 * (2.0 * rms) / (2.0 * np.pi * self.config.min_ring_hz * span)
-        n_eff = np.maximum(s.count / 3.0, 1.0)
+        ring = 3.0 * rms / (2.0 * np.pi * self.ring_hz * span)
+        n_eff = np.maximum(s.count / MEDIAN_SPAN, 1.0)
         bound: FloatArray = ring + 2.0 * self.noise / np.sqrt(n_eff)
         return bound
 
