@@ -730,7 +730,11 @@ def _apply(
         # spread cannot overcharge it; the dearest produce is refunded first. Capacity is
         # checked against the least produce earlier gains surely held (rest - tol).
         produce = min(max(rest, 0.0), cap)
-        give, est, sure = max(0.0, rest + tol), produce, max(0.0, rest - tol)
+        # the sale margin of each weighed lane already covers its own sigma: refund
+        # the gain's and the packs' uncertainty on top, not the produce's twice
+        sigma_w = sum(sources[si].reading.sigma_g for si in weighed)
+        extra = k * (lin - sigma_w) + policy.item_allowance * tracked_w
+        give, est, sure = max(0.0, rest + extra), produce, max(0.0, rest - tol)
         order = sorted(
             weighed, key=lambda si: (-(sources[si].reading.lane.price_fen_per_kg or 0), si)
         )

@@ -11,11 +11,12 @@ controller never reads a clock of its own.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,9 +24,15 @@ from typing import Any
 import numpy as np
 from ulid import ULID
 
-from edge.billing import Bill, BillingPolicy, LaneReading, bill_session
+from edge.billing import Bill, BillingPolicy, Evidence, LaneReading, bill_session
 from edge.hardware.interfaces import Lock
-from edge.model import CabinetInput, CabinetSpec, DoorEvent, FloatArray, Lane, SampleBlock, UnlockEvent
+from edge.model import (
+    CabinetInput,
+    CabinetSpec,
+    DoorEvent,
+    Lane,
+    SampleBlock,
+)
 from edge.session import Phase, Session, SessionConfig, SessionResult
 from edge.store import CabinetStore
 from edge.weighing import ChannelFilter, LevelTracker, WeighingConfig, WindowStats
@@ -57,7 +64,7 @@ def settle_tolerance_g(lane: Lane, tracked_items: Iterable[float] = ()) -> float
         return min(max(0.12 * float(lane.unit_weight_g or 0.0), 3.0), 40.0)
     if lane.mode == "tracked":
         items = sorted(tracked_items)
-        gaps = [b - a for a, b in zip(items, items[1:], strict=False) if b - a > 0.5]
+        gaps = [b - a for a, b in itertools.pairwise(items) if b - a > 0.5]
         smallest = min(gaps) if gaps else (items[0] if items else 100.0)
         return min(max(smallest / 4.0, 1.5), 20.0)
     return 2.5
@@ -298,7 +305,9 @@ class Cabinet:
         if s is not None:
             missing = np.isnan(level)
             level = np.where(missing, s.mean, level)
-            sigma = np.where(missing | ~np.isfinite(sigma), s.level_sigma(self.tracker.noise), sigma)
+            sigma = np.where(
+                missing | ~np.isfinite(sigma), s.level_sigma(self.tracker.noise), sigma
+            )
         for ln in self.lanes:
             col = self.lane_column[ln.lane]
             if math.isfinite(level[col]):
@@ -335,7 +344,9 @@ class Cabinet:
             after_g = level if math.isfinite(level) else before_g
             sigma = math.hypot(session.baseline_sigma.get(ln.lane, 0.0), float(sigma_after[col]))
             readings.append(
-                LaneReading(lane=ln, before_g=before_g, after_g=after_g, sigma_g=sigma, faulted=faulted)
+                LaneReading(
+                    lane=ln, before_g=before_g, after_g=after_g, sigma_g=sigma, faulted=faulted
+                )
             )
         if session.role == "operator":
             bill = self._restock(session, readings)
@@ -369,16 +380,23 @@ class Cabinet:
         if session.role == "forced":
             loss = bill.to_json()
             self._event(
-                t, "loss", session_id=session.session_id,
-                lines=loss["lines"], value_fen=loss["total_fen"], evidence=loss["evidence"],
+                t,
+                "loss",
+                session_id=session.session_id,
+                lines=loss["lines"],
+                value_fen=loss["total_fen"],
+                evidence=loss["evidence"],
             )
         mask = np.isfinite(after)
         self.tracker.set_levels(mask, after, sigma_after, t)
         self.session = None
         log.info(
             "session %s: billed %d fen at %.2f (%.2f s after close) flags=%s",
-            session.session_id, record["total_fen"], t,
-            t - (session.closed_at if session.closed_at is not None else t), record["flags"],
+            session.session_id,
+            record["total_fen"],
+            t,
+            t - (session.closed_at if session.closed_at is not None else t),
+            record["flags"],
         )
         self._emit(SessionResult(session.session_id, record))
 
@@ -388,8 +406,7 @@ class Cabinet:
             if stock is None:
                 continue
             for w in line.items_g:
-                if stock:
-                    stock.remove(min(stock, key=lambda x, w=w: abs(x - w)))
+                _remove_closest(stock, w)
         for lane_no, weights in bill.returned_to.items():
             if lane_no in self.tracked_stock:
                 self.tracked_stock[lane_no].extend(weights)
@@ -404,7 +421,9 @@ class Cabinet:
             if not ok[col]:
                 continue
             plateaus = session.plateaus.setdefault(ln.lane, [session.baseline.get(ln.lane, 0.0)])
-            if abs(float(s.mean[col]) - plateaus[-1]) > max(8.0, 4 * float(self.tracker.noise[col])):
+            if abs(float(s.mean[col]) - plateaus[-1]) > max(
+                8.0, 4 * float(self.tracker.noise[col])
+            ):
                 plateaus.append(float(s.mean[col]))
 
     def _restock(self, session: Session, readings: list[LaneReading]) -> Bill:
@@ -413,16 +432,16 @@ class Cabinet:
             if r.lane.mode != "tracked" or r.faulted:
                 continue
             stock = self.tracked_stock.setdefault(r.lane.lane, [])
-            plateaus = session.plateaus.get(r.lane.lane, [r.before_g]) + [r.after_g]
+            plateaus = [*session.plateaus.get(r.lane.lane, [r.before_g]), r.after_g]
             threshold = max(8.0, 4 * r.sigma_g)
-            for a, b in zip(plateaus, plateaus[1:], strict=False):
+            for a, b in itertools.pairwise(plateaus):
                 step = b - a
                 if step > threshold:
                     stock.append(round(step, 1))
-                elif step < -threshold and stock:
-                    stock.remove(min(stock, key=lambda x, w=-step: abs(x - w)))
+                elif step < -threshold:
+                    _remove_closest(stock, -step)
         self._refresh_tolerances()
-        empty = bill_session([], {}, self.policy)
+        empty = Bill(lines=(), total_fen=0, flags=(), evidence=(), returned_to={})
         evidence = [
             {"lane": r.lane.lane, "before_g": r.before_g, "after_g": r.after_g}
             for r in readings
@@ -446,7 +465,9 @@ class Cabinet:
             if new[col]:
                 if self.session is not None:
                     self.session.faulted_lanes.add(ln.lane)
-                self._event(t, "sensor_fault", lane=ln.lane, channel=ln.channel, reason="no reading")
+                self._event(
+                    t, "sensor_fault", lane=ln.lane, channel=ln.channel, reason="no reading"
+                )
 
     # -- records -----------------------------------------------------------------
     def _record(
@@ -470,9 +491,20 @@ class Cabinet:
     def _event(self, t: float, kind: str, **data: Any) -> None:
         session_id = data.pop("session_id", None)
         self.store.record_event(t, kind, session_id=session_id, data=data)
-        event = {"t": _r(t), "type": kind, **({"session_id": session_id} if session_id else {}), **data}
+        event = {
+            "t": _r(t),
+            "type": kind,
+            **({"session_id": session_id} if session_id else {}),
+            **data,
+        }
         self.out.events.append(event)
-        log.warning("event %s at %.2f %s", kind, t, data) if kind != "unlock_refused" else None
+        log.log(
+            logging.INFO if kind == "unlock_refused" else logging.WARNING,
+            "event %s at %.2f %s",
+            kind,
+            t,
+            data,
+        )
         if self.on_event is not None:
             self.on_event(event)
 
@@ -485,13 +517,18 @@ class Cabinet:
     def levels(self) -> dict[int, float]:
         """The last stable level of each lane (g)."""
         return {
-            ln.lane: float(self.tracker.stable_level[self.lane_column[ln.lane]]) for ln in self.lanes
+            ln.lane: float(self.tracker.stable_level[self.lane_column[ln.lane]])
+            for ln in self.lanes
         }
 
 
-def _with_evidence(bill: Bill, evidence: list[Mapping[str, float]]) -> Bill:
-    from edge.billing import Evidence
+def _remove_closest(stock: list[float], weight_g: float) -> None:
+    """Take the recorded item closest to ``weight_g`` off a tracked lane's list."""
+    if stock:
+        stock.remove(min(stock, key=lambda x: abs(x - weight_g)))
 
+
+def _with_evidence(bill: Bill, evidence: Sequence[Mapping[str, float]]) -> Bill:
     ev = tuple(
         Evidence(
             lane=int(e["lane"]),
@@ -511,6 +548,3 @@ def _r(t: float | None) -> float | None:
 def utc_epoch(text: str = "2026-01-01T00:00:00Z") -> datetime:
     """The wall time that virtual time zero stands for."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-FloatArrayT = FloatArray

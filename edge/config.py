@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ConfigError
-from edge.model import LANE_MODES, Calibration, CabinetSpec, Lane
+from edge.model import LANE_MODES, CabinetSpec, Calibration, Lane
 from edge.session import SessionConfig
 from edge.weighing import WeighingConfig
 
@@ -158,7 +158,9 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
     hw = top.sub("hardware", required=True)
     backend = hw.str_("backend")
     if backend not in HARDWARE_BACKENDS:
-        raise hw.fail("backend", f"unknown backend {backend!r}; one of {', '.join(HARDWARE_BACKENDS)}")
+        raise hw.fail(
+            "backend", f"unknown backend {backend!r}; one of {', '.join(HARDWARE_BACKENDS)}"
+        )
     simr = hw.sub("sim")
     phys = simr.sub("physics")
     physics = {k: phys.num(k) for k in list(phys.table)}
@@ -212,7 +214,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
         lane = Lane(
             lane=number,
             sku=r.str_("sku"),
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,
             channel=channel,
             name=r.str_("name", r.table.get("sku", "?")),
             price_fen=r.int_("price_fen", minimum=0) if mode != "weighed" else None,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 from edge.cabinet import Cabinet
 from edge.config import CabinetConfig
@@ -58,7 +59,7 @@ def run_daemon(
     config.db_path.parent.mkdir(parents=True, exist_ok=True)
     store = CabinetStore(config.db_path, cabinet_id=config.cabinet_id, now=clock.wall)
     hardware = create_hardware(config, start_t=clock.now())
-    previous: dict[int, object] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -101,4 +102,4 @@ def run_daemon(
         finally:
             store.close()
             for sig, handler in previous.items():
-                signal.signal(sig, handler)  # type: ignore[arg-type]
+                signal.signal(sig, handler)

@@ -39,7 +39,7 @@ class Lane:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """How one load-cell channel turns raw counts into grams: g = (raw - zero_counts) / counts_per_g."""
+    """A load-cell channel's calibration: g = (raw - zero_counts) / counts_per_g."""
 
     channel: int
     zero_counts: float

@@ -53,7 +53,7 @@ MIN_GAP_S = 0.9
 #: Least difference between two tracked items of a lane (g).
 TRACKED_APART_G = 15.0
 #: Margin beyond 3 sd by which a misplaced or foreign weight must miss every explanation (g).
-AMBIGUITY_MARGIN_G = 25.0
+AMBIGUITY_MARGIN_G = 40.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +263,7 @@ class _Timeline:
         assert visit is not None
         out = [i for i, tk in enumerate(visit.taken) if tk.returned_to is None]
         # a gain on a lane that also lost items hides inside the loss: aim at untouched lanes
-        touched = {tk.lane for tk in visit.taken}
+        touched = {tk.lane for tk in visit.taken} | self.cluttered
         if kind == "foreign":
             lanes = [n for n in self.lanes if n not in touched]
             if not lanes:
@@ -331,11 +331,18 @@ class _Timeline:
             # a foreign object must not look like what a resident could have put back:
             # two items taken, or part of the produce taken from a weighed lane
             # (up to two items, plus any part of the produce taken from weighed lanes)
-            out = [tk for tk in taken if tk.returned_to is None and tk.lane != lane]
+            # what the scales see as lost: everything not put back on its own lane
+            # (a misplaced bunch still shows as a loss on the lane it came from)
+            out = [tk for tk in taken if tk.returned_to != tk.lane and tk.lane != lane]
             produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
             items = [tk.weight_g for tk in out if self.lanes[tk.lane].mode != "weighed"]
             sums = [0.0, *items]
             sums += [a + b for i, a in enumerate(items) for b in items[i + 1 :]]
+            # billing may give back any number of packs a unit lane lost
+            for n, spec_ in self.lanes.items():
+                if spec_.mode == "unit":
+                    k = sum(1 for tk in out if tk.lane == n)
+                    sums += [j * float(spec_.unit_weight_g or 0.0) for j in range(3, k + 1)]
             if any(x - m <= w <= x + produce + m for x in sums):
                 return False
         return True
@@ -362,7 +369,7 @@ class _Timeline:
                 for tk in out
                 if self.lanes[tk.lane].mode == "weighed" and tk.lane != moved.lane
             )
-            if elsewhere >= w - m:
+            if elsewhere > 0.0:  # produce of two weighed lanes on one lane reads either way
                 return False
         return not any(x - m <= w <= x + produce + m for x in sums)
 

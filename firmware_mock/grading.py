@@ -87,5 +87,7 @@ def grade(
         for sku in want.keys() - got.keys():
             g.fail(f"session {i}: {sku} x{want[sku]['qty']} taken, not billed")
         if sorted(b["flags"]) != sorted(e.get("flags", [])):
-            g.fail(f"session {i}: flags {sorted(b['flags'])}, expected {sorted(e.get('flags', []))}")
+            g.fail(
+                f"session {i}: flags {sorted(b['flags'])}, expected {sorted(e.get('flags', []))}"
+            )
     return g

@@ -70,8 +70,15 @@ class Shoppers:
     """Simulated residents (and a restocking operator) acting on the cabinet."""
 
     def __init__(
-        self, sim: SimulatedCabinet, lanes: tuple[Lane, ...], lock: MemoryLock,
-        *, start_t: float, mean_gap_s: float, seed: int, par: dict[int, int],
+        self,
+        sim: SimulatedCabinet,
+        lanes: tuple[Lane, ...],
+        lock: MemoryLock,
+        *,
+        start_t: float,
+        mean_gap_s: float,
+        seed: int,
+        par: dict[int, int],
     ) -> None:
         self.sim = sim
         self.lanes = lanes
@@ -128,8 +135,11 @@ class Shoppers:
 
     def _new_item(self, lane: Lane) -> float:
         if lane.mode == "unit":
-            return float(np.random.default_rng(self.rng.getrandbits(32)).normal(
-                lane.unit_weight_g or 100.0, lane.unit_weight_sd_g or 1.0))
+            return float(
+                np.random.default_rng(self.rng.getrandbits(32)).normal(
+                    lane.unit_weight_g or 100.0, lane.unit_weight_sd_g or 1.0
+                )
+            )
         if lane.mode == "tracked":
             return round(self.rng.uniform(560.0, 680.0), 1)
         return round(self.rng.uniform(300.0, 450.0), 1)
@@ -167,14 +177,25 @@ def create_hardware(config: CabinetConfig, *, start_t: float = 0.0) -> Hardware:
         raise ConfigError(f"{config.source}: hardware.sim.physics.{unknown[0]}: unknown key")
     physics = dataclasses.replace(Physics(), **overrides, sample_rate_hz=config.sample_rate_hz)
     sim = SimulatedCabinet.live(
-        config.lanes, config.stock, physics, seed=config.sim.seed,
-        cabinet_id=config.cabinet_id, calibrations=config.calibrations,
+        config.lanes,
+        config.stock,
+        physics,
+        seed=config.sim.seed,
+        cabinet_id=config.cabinet_id,
+        calibrations=config.calibrations,
     )
     lock = MemoryLock()
     par = {ln.lane: max(3, len(config.stock.get(ln.lane, []))) for ln in config.lanes}
     actors = (
-        Shoppers(sim, config.lanes, lock, start_t=start_t, mean_gap_s=config.sim.mean_gap_s,
-                 seed=config.sim.seed, par=par)
+        Shoppers(
+            sim,
+            config.lanes,
+            lock,
+            start_t=start_t,
+            mean_gap_s=config.sim.mean_gap_s,
+            seed=config.sim.seed,
+            par=par,
+        )
         if config.sim.residents
         else None
     )

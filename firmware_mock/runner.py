@@ -16,7 +16,7 @@ from typing import Any
 
 from edge.cabinet import Cabinet, ulid_factory, utc_epoch
 from edge.hardware.interfaces import MemoryLock
-from edge.model import CabinetInput, CabinetSpec
+from edge.model import CabinetInput, CabinetSpec, SampleBlock
 from edge.session import SessionConfig
 from edge.store import CabinetStore
 from edge.weighing import WeighingConfig
@@ -66,8 +66,8 @@ def run_stream(
             for item in items:
                 cabinet.feed(item)
                 clock.t = cabinet.now
-                if hasattr(item, "raw"):
-                    samples += int(item.raw.size)  # type: ignore[union-attr]
+                if isinstance(item, SampleBlock):
+                    samples += int(item.raw.size)
         finally:
             store.close()
         if db_path is not None:
@@ -140,8 +140,8 @@ def format_bills(result: RunResult) -> str:
             )
         for ev in s["evidence"]:
             lines.append(
-                f"    evidence lane {ev['lane']:>2}: {ev['before_g']:.1f} g -> {ev['after_g']:.1f} g"
-                f" ({ev['delta_g']:+.1f} g)"
+                f"    evidence lane {ev['lane']:>2}: {ev['before_g']:.1f} g"
+                f" -> {ev['after_g']:.1f} g ({ev['delta_g']:+.1f} g)"
             )
     for e in result.events:
         lines.append(f"event {e['type']} at {e['t']:.2f}")

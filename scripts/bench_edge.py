@@ -45,8 +45,13 @@ def one(args: tuple[str, int]) -> dict[str, Any]:
         if s["closed_at"] is not None and s["role"] == "resident"
     ]
     return {
-        "tier": tier, "seed": seed, "exact": g.exact, "overcharged": g.overcharged,
-        "overcharge_fen": g.overcharge_fen, "problems": g.problems, "to_bill": to_bill,
+        "tier": tier,
+        "seed": seed,
+        "exact": g.exact,
+        "overcharged": g.overcharged,
+        "overcharge_fen": g.overcharge_fen,
+        "problems": g.problems,
+        "to_bill": to_bill,
         "sessions": len(expected),
     }
 
@@ -60,8 +65,15 @@ def accuracy(per_tier: int, jobs: int) -> list[dict[str, Any]]:
 def throughput(channels: int = 16, rate: float = 80.0, minutes: float = 5.0) -> dict[str, float]:
     """Samples per CPU second through filter, levels, sessions and billing (store included)."""
     lanes = tuple(
-        Lane(lane=i + 1, sku=f"sku-{i + 1}", mode="unit", channel=i, price_fen=500,
-             unit_weight_g=400.0, unit_weight_sd_g=5.0)
+        Lane(
+            lane=i + 1,
+            sku=f"sku-{i + 1}",
+            mode="unit",
+            channel=i,
+            price_fen=500,
+            unit_weight_g=400.0,
+            unit_weight_sd_g=5.0,
+        )
         for i in range(channels)
     )
     stock = {ln.lane: [400.0] * 6 for ln in lanes}
@@ -107,8 +119,11 @@ def throughput(channels: int = 16, rate: float = 80.0, minutes: float = 5.0) -> 
         store.close()
     per_s = samples / cpu
     return {
-        "samples": samples, "cpu_s": cpu, "samples_per_cpu_s": per_s,
-        "x_real_time": per_s / (channels * rate), "sessions": len(cab.out.sessions),
+        "samples": samples,
+        "cpu_s": cpu,
+        "samples_per_cpu_s": per_s,
+        "x_real_time": per_s / (channels * rate),
+        "sessions": len(cab.out.sessions),
     }
 
 
@@ -127,19 +142,25 @@ def main() -> None:
     w0 = time.time()
     rows = accuracy(args.per_tier, args.jobs)
     figures: dict[str, Any] = {"scenarios": len(rows)}
-    print(f"corpus: {len(rows)} scenarios ({args.per_tier} per tier: {', '.join(TIERS)}), "
-          f"{sum(r['sessions'] for r in rows)} sessions, {time.time() - w0:.1f} s wall")
+    print(
+        f"corpus: {len(rows)} scenarios ({args.per_tier} per tier: {', '.join(TIERS)}), "
+        f"{sum(r['sessions'] for r in rows)} sessions, {time.time() - w0:.1f} s wall"
+    )
     for tier in (*TIERS, "all"):
         sub = [r for r in rows if tier in ("all", r["tier"])]
         exact = sum(r["exact"] for r in sub)
         over = sum(r["overcharged"] for r in sub)
-        print(f"  {tier:<9} exact {exact}/{len(sub)} = {100 * exact / len(sub):.2f} %   "
-              f"overcharged {over}")
+        print(
+            f"  {tier:<9} exact {exact}/{len(sub)} = {100 * exact / len(sub):.2f} %   "
+            f"overcharged {over}"
+        )
         figures[f"exact_pct_{tier}"] = round(100 * exact / len(sub), 2)
         figures[f"overcharged_{tier}"] = over
     std = [x for r in rows if r["tier"] == "standard" for x in r["to_bill"]]
-    print(f"time to bill at 80 SPS, standard physics: p50 {pct(std, 50):.3f} s  "
-          f"p95 {pct(std, 95):.3f} s  max {max(std):.3f} s  ({len(std)} sessions)")
+    print(
+        f"time to bill at 80 SPS, standard physics: p50 {pct(std, 50):.3f} s  "
+        f"p95 {pct(std, 95):.3f} s  max {max(std):.3f} s  ({len(std)} sessions)"
+    )
     figures["to_bill_p95_s"] = round(pct(std, 95), 3)
     for tier in ("hard", "slow"):
         xs = [x for r in rows if r["tier"] == tier for x in r["to_bill"]]
@@ -151,9 +172,11 @@ def main() -> None:
     if problems:
         print(f"  failure kinds: {dict(problems)}")
     tp = throughput()
-    print(f"throughput, 16 channels at 80 SPS: {tp['samples_per_cpu_s']:,.0f} samples per CPU "
-          f"second = {tp['x_real_time']:.0f}x real time ({tp['samples']:,} samples, "
-          f"{tp['cpu_s']:.2f} CPU s, {tp['sessions']} sessions)")
+    print(
+        f"throughput, 16 channels at 80 SPS: {tp['samples_per_cpu_s']:,.0f} samples per CPU "
+        f"second = {tp['x_real_time']:.0f}x real time ({tp['samples']:,} samples, "
+        f"{tp['cpu_s']:.2f} CPU s, {tp['sessions']} sessions)"
+    )
     figures.update({k: round(v, 2) for k, v in tp.items()})
     if args.json:
         print(json.dumps(figures))

@@ -26,14 +26,20 @@ def test_example_config_is_the_embedded_default() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (('sample_rate_hz = 80', 'sample_rate_hz = -1'), "cabinet.sample_rate_hz: must be"),
+        (("sample_rate_hz = 80", "sample_rate_hz = -1"), "cabinet.sample_rate_hz: must be"),
         (('backend = "sim"', 'backend = "nope"'), "hardware.backend: unknown backend"),
-        (('price_fen = 690', 'price_fen = "6.90"'), "lanes[0].price_fen: must be an integer"),
+        (("price_fen = 690", 'price_fen = "6.90"'), "lanes[0].price_fen: must be an integer"),
         (('mode = "weighed"', 'mode = "bulk"'), "lanes[1].mode: must be one of"),
-        (('unlock_window_s = 15.0', 'unlock_window_sec = 15.0'), "session.unlock_window_sec: unknown key"),
-        (('channel = 3\nsku', 'channel = 9\nsku'), "lanes[3].channel: channel 9 has no [[channels]]"),
-        (('4 = [148.2', '9 = [148.2'), "stock.9: must name a lane number"),
-        (('[cabinet]', '[cabinet\n'), "cabinet.toml: "),
+        (
+            ("unlock_window_s = 15.0", "unlock_window_sec = 15.0"),
+            "session.unlock_window_sec: unknown key",
+        ),
+        (
+            ("channel = 3\nsku", "channel = 9\nsku"),
+            "lanes[3].channel: channel 9 has no [[channels]]",
+        ),
+        (("4 = [148.2", "9 = [148.2"), "stock.9: must name a lane number"),
+        (("[cabinet]", "[cabinet\n"), "cabinet.toml: "),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
@@ -47,7 +53,9 @@ def test_bad_config_names_the_key(tmp_path: Path, edit: tuple[str, str], message
     assert str(exc.value).startswith("cabinet.toml: ")
 
 
-def test_bad_config_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "cabinet.toml"
     path.write_text(default_config_text().replace("counts_per_g = 213.7", "counts_per_g = 0"))
     assert main(["edge", "run", "--config", str(path), "--duration", "1"]) == 2

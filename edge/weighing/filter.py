@@ -56,9 +56,7 @@ class ChannelFilter:
     def process(self, raw: FloatArray) -> FloatArray:
         """Filter a (n, channels) block of raw counts; returns grams of the same shape."""
         if raw.ndim != 2 or raw.shape[1] != self.channels:
-            raise ValueError(
-                f"sample block has shape {raw.shape}, expected (n, {self.channels})"
-            )
+            raise ValueError(f"sample block has shape {raw.shape}, expected (n, {self.channels})")
         n = raw.shape[0]
         g = self.grams(raw)
         nan = np.isnan(g)
@@ -66,15 +64,15 @@ class ChannelFilter:
         self.sample_count += n
         joined = np.concatenate((self._history, g), axis=0)
         self._history = joined[-(MEDIAN_TAPS - 1) :].copy()
-        windows = np.lib.stride_tricks.sliding_window_view(joined, MEDIAN_TAPS, axis=0)
-        # windows: (n, channels, taps); NaN sorts last, so the median of the k valid
+        # windows: (n, channels, taps), built from slices (cheaper than a strided view
+        # for the few rows of a block); NaN sorts last, so the median of the k valid
         # values sits at positions (k-1)//2 and k//2.
-        ordered = np.sort(windows, axis=2)
-        valid = MEDIAN_TAPS - np.isnan(windows).sum(axis=2)
+        windows = np.stack([joined[i : i + n] for i in range(MEDIAN_TAPS)], axis=2)
+        ordered = np.sort(windows, axis=2).reshape(-1, MEDIAN_TAPS)
+        valid = MEDIAN_TAPS - np.isnan(ordered).sum(axis=1)
+        rows = np.arange(ordered.shape[0])
         lo = np.maximum((valid - 1) // 2, 0)
         hi = np.maximum(valid // 2, 0)
-        a = np.take_along_axis(ordered, lo[..., None], axis=2)[..., 0]
-        b = np.take_along_axis(ordered, hi[..., None], axis=2)[..., 0]
-        med: FloatArray = 0.5 * (a + b)
-        med[valid == 0] = np.nan
+        med: FloatArray = (0.5 * (ordered[rows, lo] + ordered[rows, hi])).reshape(n, self.channels)
+        med[(valid == 0).reshape(n, self.channels)] = np.nan
         return med

@@ -35,7 +35,7 @@ class WeighingConfig:
     """Tuning of the weighing pipeline. Every field has a safe default."""
 
     window_s: float = 0.4  # length of the statistics window (s)
-    min_window_samples: int = 10  # the window never holds fewer samples than this
+    min_window_samples: int = 15  # the window never holds fewer samples than this (10 SPS: 1.5 s)
     tick_s: float = 0.05  # how often the statistics are evaluated (s of samples)
     noise_g: float = 1.5  # initial noise estimate of the filtered signal (g rms)
     noise_floor_g: float = 0.3  # the noise estimate never goes below this (g)
@@ -158,7 +158,7 @@ class LevelTracker:
         full = s.count >= max(3, self.window // 2)
         spread_ok = s.std <= c.stable_std_factor * self.noise + c.noise_floor_g + slack_g
         drift_tol = c.stable_drift_sigmas * self.noise * np.sqrt(4.0 / np.maximum(s.count, 1))
-        drift_ok = np.abs(np.nan_to_num(s.drift, nan=np.inf)) <= drift_tol + 0.2 + slack_g
+        drift_ok = np.abs(s.drift) <= drift_tol + 0.2 + slack_g  # NaN compares False
         ok: BoolArray = full & spread_ok & drift_ok
         return ok
 
@@ -191,7 +191,7 @@ class LevelTracker:
         c = self.config
         bound = self.ringing_bound(s)
         full = s.count >= max(3, self.window // 2)
-        drift = np.abs(np.nan_to_num(s.drift, nan=np.inf))
+        drift = np.abs(s.drift)  # NaN (a half-window without readings) compares False
         drift_tol = 2.0 * bound + c.stable_drift_sigmas * self.noise * np.sqrt(
             4.0 / np.maximum(s.count, 1)
         )
@@ -213,7 +213,9 @@ class LevelTracker:
                 & (np.abs(s.mean - self.stable_level) <= 3.0 * sigma + 0.5)
             )
             alpha = min(1.0, self.tick_interval / c.baseline_s)
-            averaged = np.where(same, self.stable_level + alpha * (s.mean - self.stable_level), s.mean)
+            averaged = np.where(
+                same, self.stable_level + alpha * (s.mean - self.stable_level), s.mean
+            )
             gain = np.sqrt(max(1.0, c.baseline_s / span))
             sigma_avg = np.where(
                 same, np.maximum(sigma / gain, np.minimum(self.stable_sigma, sigma)), sigma
@@ -237,6 +239,5 @@ class LevelTracker:
 
     def faulted(self, t: float) -> BoolArray:
         """Channels with no valid reading for ``fault_gap_s``."""
-        gap = t - np.nan_to_num(self.last_valid_at, nan=t)
-        out: BoolArray = gap >= self.config.fault_gap_s
+        out: BoolArray = t - self.last_valid_at >= self.config.fault_gap_s  # NaN: never seen
         return out

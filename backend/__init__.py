@@ -1,0 +1,1 @@
+"""The community backend: HTTP API and pages, accounts, wallet, group buys, records."""

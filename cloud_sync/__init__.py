@@ -1,0 +1,1 @@
+"""The wire between cabinet and backend: schemas, signatures, hash chain, uplink, ingest."""
