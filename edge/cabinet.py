@@ -30,11 +30,12 @@ from edge.model import (
     CabinetInput,
     CabinetSpec,
     DoorEvent,
+    FloatArray,
     Lane,
     SampleBlock,
 )
 from edge.session import Phase, Session, SessionConfig, SessionResult
-from edge.store import CabinetStore
+from edge.store import CabinetStore, InventoryRow
 from edge.weighing import ChannelFilter, LevelTracker, WeighingConfig, WindowStats
 
 log = logging.getLogger("freshbox.edge")
@@ -117,8 +118,17 @@ class Cabinet:
                 raise ValueError(f"lane {lane.lane}: channel {lane.channel} has no calibration")
         self.lanes = tuple(sorted(spec.lanes, key=lambda ln: ln.lane))
         self.lane_column = {ln.lane: column[ln.channel] for ln in self.lanes}
+        # what the store remembers wins over the configured stock: restocking and
+        # sales since the configuration was written must survive a restart
+        remembered = store.inventory()
         self.tracked_stock: dict[int, list[float]] = {
-            ln.lane: list(spec.stock.get(ln.lane, [])) for ln in self.lanes if ln.mode == "tracked"
+            ln.lane: list(
+                remembered[ln.lane].items
+                if ln.lane in remembered and remembered[ln.lane].sku == ln.sku
+                else spec.stock.get(ln.lane, [])
+            )
+            for ln in self.lanes
+            if ln.mode == "tracked"
         }
         self._tolerance = np.full(self.filter.channels, 1e6)
         self._refresh_tolerances()
@@ -202,6 +212,7 @@ class Cabinet:
                 session.opened_at = row.opened_at
                 session.baseline = {int(k): float(v) for k, v in row.baseline.items()}
                 session.phase = Phase.OPEN
+                session.closed_at = row.closed_at  # kept: the door did close then
             self._pending_recovery.append(session)
         self.door_open = door_open
         return len(rows)
@@ -256,8 +267,9 @@ class Cabinet:
         log.warning("session %s: recovered after restart at %.2f", session.session_id, t)
         if not self.door_open:
             session.phase = Phase.SETTLING
-            session.closed_at = t
-            self.store.mark_closed(session.session_id, t)
+            if session.closed_at is None:  # the door closed while the cabinet was down
+                session.closed_at = t
+                self.store.mark_closed(session.session_id, t)
 
     # -- door --------------------------------------------------------------------
     def _door_opened(self, t: float) -> None:
@@ -367,15 +379,21 @@ class Cabinet:
             self._apply_sale(bill)  # the stock is gone either way
         if not charged:
             record["lines"], record["total_fen"] = [], 0
+        items = {ln.lane: list(ln.items_g) for ln in bill.lines if ln.items_g}
+        stored_lines = [
+            {**ln, "items": items[ln["lane"]]} if ln["lane"] in items else ln
+            for ln in record["lines"]
+        ]
         self.store.finish_session(
             session.session_id,
             closed_at=session.closed_at if session.closed_at is not None else t,
             billed_at=t,
             total_fen=record["total_fen"],
             flags=record["flags"],
-            lines=record["lines"],
+            lines=stored_lines,
             evidence=record["evidence"],
             payload=record,
+            inventory=self._inventory(after),
         )
         if session.role == "forced":
             loss = bill.to_json()
@@ -512,6 +530,28 @@ class Cabinet:
         self.out.sessions.append(result.record)
         if self.on_session is not None:
             self.on_session(result)
+
+    def _inventory(self, level: FloatArray) -> dict[int, InventoryRow]:
+        """Per-lane inventory after a session: level (g), packs, recorded items."""
+        rows: dict[int, InventoryRow] = {}
+        for ln in self.lanes:
+            g = float(level[self.lane_column[ln.lane]])
+            if not math.isfinite(g):
+                continue
+            count = None
+            if ln.mode == "unit" and ln.unit_weight_g:
+                count = max(0, round(g / ln.unit_weight_g))
+            elif ln.mode == "tracked":
+                count = len(self.tracked_stock.get(ln.lane, []))
+            rows[ln.lane] = InventoryRow(
+                lane=ln.lane,
+                sku=ln.sku,
+                mode=ln.mode,
+                level_g=round(g, 1),
+                count=count,
+                items=list(self.tracked_stock.get(ln.lane, [])),
+            )
+        return rows
 
     # -- views ---------------------------------------------------------------------
     def levels(self) -> dict[int, float]:

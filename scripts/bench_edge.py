@@ -109,14 +109,17 @@ def throughput(channels: int = 16, rate: float = 80.0, minutes: float = 5.0) -> 
     samples = sum(int(b.raw.size) for b in fine if hasattr(b, "raw"))
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = CabinetStore(f"{tmp}/bench.db", cabinet_id="bench")
-        cab = Cabinet(sim.spec, store=store, lock=MemoryLock(), epoch=utc_epoch())
-        c0 = time.process_time()
-        for b in fine:
-            cab.feed(b)
-        cpu = time.process_time() - c0
-        store.close()
+    best = float("inf")
+    for attempt in range(3):  # best of three: CPU time on a shared machine is noisy
+        with tempfile.TemporaryDirectory() as tmp:
+            store = CabinetStore(f"{tmp}/bench-{attempt}.db", cabinet_id="bench")
+            cab = Cabinet(sim.spec, store=store, lock=MemoryLock(), epoch=utc_epoch())
+            c0 = time.process_time()
+            for b in fine:
+                cab.feed(b)
+            best = min(best, time.process_time() - c0)
+            store.close()
+    cpu = best
     per_s = samples / cpu
     return {
         "samples": samples,
