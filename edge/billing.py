@@ -8,7 +8,7 @@ The contract (``DESIGN.md``, "Billing rules") with **never overcharge** above al
 * ``delta = after_g - before_g`` per lane. ``|delta|`` at or below the lane's
   no-change threshold ``max(min_change_g, k_sigma * sigma_g)`` is no change.
 * ``unit`` lanes: the count ``n`` fits when
-  ``|loss - n*u| <= max(tolerance_floor_g, k_sigma * sqrt(n*sd**2 + sigma**2))``.
+  ``|loss - n*u| <= max(tolerance_floor_g, k_count * sqrt(n*sd**2 + sigma**2))``.
   One fit: bill it. Several fits: bill the lowest, ``needs_review``. No fit: bill the
   lower neighbouring count (the largest ``n`` with ``n*u - tol(n) <= loss``),
   ``needs_review``.
@@ -100,6 +100,11 @@ class BillingPolicy:
 
     #: how many standard deviations a count may be off and still explain a loss (-)
     k_sigma: float = 3.0
+    #: unit lanes: how many standard deviations (pack spread and noise) a count may be off
+    #: and still fit (-). Wider than k_sigma: packs do come 3 sd light, and a count that
+    #: fits only that far is still far likelier than its neighbours; where two counts fit,
+    #: the lower is billed and the bill is flagged, so this never raises a bill.
+    k_count: float = 4.0
     #: |delta| at or below max(this, k_sigma*sigma) is "no change" (g)
     min_change_g: float = 8.0
     #: smallest sale on a weighed lane (g)
@@ -119,6 +124,7 @@ class BillingPolicy:
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, bool], ...] = (
             ("k_sigma", math.isfinite(self.k_sigma) and self.k_sigma > 0),
+            ("k_count", math.isfinite(self.k_count) and self.k_count > 0),
             ("min_change_g", math.isfinite(self.min_change_g) and self.min_change_g >= 0),
             ("min_weighed_g", math.isfinite(self.min_weighed_g) and self.min_weighed_g >= 0),
             (
@@ -235,7 +241,7 @@ def _count_units(
     loss: float, u: float, sd: float, sigma: float, policy: BillingPolicy
 ) -> tuple[int, bool]:
     """(count to bill, needs_review) for a unit lane that lost ``loss`` g."""
-    k, floor = policy.k_sigma, policy.tolerance_floor_g
+    k, floor = policy.k_count, policy.tolerance_floor_g
     sd2, s2 = sd * sd, sigma * sigma
 
     def tol(n: int) -> float:

@@ -55,6 +55,13 @@ def ulid_factory(epoch: datetime, rng: random.Random | None = None) -> Callable[
     return new_id
 
 
+#: below this sample rate (Hz) a shelf's ringing aliases into slow swings
+SLOW_SAMPLE_RATE_HZ = 40.0
+
+#: how precisely (g) a weighed lane's level must be known before it is billed
+WEIGHED_TOLERANCE_G = 2.5
+
+
 def settle_tolerance_g(lane: Lane, tracked_items: Iterable[float] = ()) -> float:
     """How precisely (g) a lane's level must be known before it can be billed.
 
@@ -68,7 +75,7 @@ def settle_tolerance_g(lane: Lane, tracked_items: Iterable[float] = ()) -> float
         gaps = [b - a for a, b in itertools.pairwise(items) if b - a > 0.5]
         smallest = min(gaps) if gaps else (items[0] if items else 100.0)
         return min(max(smallest / 4.0, 1.5), 20.0)
-    return 2.5
+    return WEIGHED_TOLERANCE_G
 
 
 @dataclass(slots=True)
@@ -250,7 +257,8 @@ class Cabinet:
                 self._track_restock(session, s)
         elif session.phase is Phase.SETTLING:
             assert session.closed_at is not None
-            settled = self.tracker.settled(s, session.closed_at, self._tolerance) | self._faulted
+            settled = self.tracker.settled(s, session.closed_at, self._gain_tolerance(session, s))
+            settled |= self._faulted
             cols = [self.lane_column[ln.lane] for ln in self.lanes]
             if bool(settled[cols].all()):
                 self._finish(session, s, unsettled=False)
@@ -320,6 +328,10 @@ class Cabinet:
             sigma = np.where(
                 missing | ~np.isfinite(sigma), s.level_sigma(self.tracker.noise), sigma
             )
+        if self.spec.sample_rate_hz < SLOW_SAMPLE_RATE_HZ:
+            # the baseline averages many windows: the measured spread shrinks with them
+            batch = self.tracker.batch_sigma() / self.tracker.baseline_gain()
+            sigma = np.maximum(sigma, np.where(np.isfinite(batch), batch, 0.0))
         for ln in self.lanes:
             col = self.lane_column[ln.lane]
             if math.isfinite(level[col]):
@@ -339,10 +351,15 @@ class Cabinet:
 
     def _finish(self, session: Session, s: WindowStats, *, unsettled: bool) -> None:
         t = s.t
-        # what is left of the ringing counts as uncertainty (a third of its worst case)
+        # the uncertainty of each level: white noise, plus a third of the worst case of
+        # what is left of the ringing; sampled slowly, ringing aliases into slow swings
+        # the model misses, so there the spread of batch means inside the window counts
         sigma_after = np.hypot(
-            s.level_sigma(self.tracker.noise), self.tracker.ringing_bound(s) / 3.0
+            s.level_sigma(self.tracker.noise), self.tracker.ringing_bound(s) / 4.0
         )
+        if self.spec.sample_rate_hz < SLOW_SAMPLE_RATE_HZ:
+            batch = self.tracker.batch_sigma()
+            sigma_after = np.maximum(sigma_after, np.where(np.isfinite(batch), batch, 0.0))
         after = s.mean
         readings: list[LaneReading] = []
         for ln in self.lanes:
@@ -466,6 +483,17 @@ class Cabinet:
             if abs(r.after_g - r.before_g) > max(self.policy.min_change_g, 3 * r.sigma_g)
         ]
         return _with_evidence(empty, evidence)
+
+    def _gain_tolerance(self, session: Session, s: WindowStats) -> FloatArray:
+        """Settling precision per channel: a lane that gained weight may hold produce put
+        back from a weighed lane, so it is measured as precisely as a weighed lane."""
+        tolerance = self._tolerance.copy()
+        for ln in self.lanes:
+            col = self.lane_column[ln.lane]
+            before = session.baseline.get(ln.lane)
+            if before is not None and s.mean[col] - before > self.policy.min_change_g:
+                tolerance[col] = min(tolerance[col], WEIGHED_TOLERANCE_G)
+        return tolerance
 
     def _refresh_tolerances(self) -> None:
         for ln in self.lanes:

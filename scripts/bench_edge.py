@@ -56,8 +56,12 @@ def one(args: tuple[str, int]) -> dict[str, Any]:
     }
 
 
-def accuracy(per_tier: int, jobs: int) -> list[dict[str, Any]]:
-    work = [(tier, 1000 * (i + 1) + k) for i, tier in enumerate(TIERS) for k in range(per_tier)]
+def accuracy(per_tier: int, jobs: int, seed_base: int = 0) -> list[dict[str, Any]]:
+    work = [
+        (tier, seed_base + 1000 * (i + 1) + k)
+        for i, tier in enumerate(TIERS)
+        for k in range(per_tier)
+    ]
     with multiprocessing.Pool(jobs) as pool:
         return pool.map(one, work, chunksize=4)
 
@@ -138,12 +142,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--per-tier", type=int, default=200, help="scenarios per tier (3 tiers)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes for the corpus")
+    ap.add_argument(
+        "--seed-base", type=int, default=0, help="offset of the corpus seeds (another corpus)"
+    )
     ap.add_argument("--show", type=int, default=10, help="print up to this many failures")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = ap.parse_args()
 
     w0 = time.time()
-    rows = accuracy(args.per_tier, args.jobs)
+    rows = accuracy(args.per_tier, args.jobs, args.seed_base)
     figures: dict[str, Any] = {"scenarios": len(rows)}
     print(
         f"corpus: {len(rows)} scenarios ({args.per_tier} per tier: {', '.join(TIERS)}), "

@@ -15,6 +15,7 @@ every tick, the statistics the session logic needs:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,13 @@ class WeighingConfig:
     """Tuning of the weighing pipeline. Every field has a safe default."""
 
     window_s: float = 0.4  # length of the statistics window (s)
-    min_window_samples: int = 15  # the window never holds fewer samples than this (10 SPS: 1.5 s)
+    min_window_samples: int = 25  # the window never holds fewer samples than this (10 SPS: 2.5 s)
     tick_s: float = 0.05  # how often the statistics are evaluated (s of samples)
     noise_g: float = 1.5  # initial noise estimate of the filtered signal (g rms)
     noise_floor_g: float = 0.3  # the noise estimate never goes below this (g)
     noise_ceiling_g: float = 25.0  # ... nor above this (g)
     noise_adapt: float = 0.05  # weight of each idle stable window in the noise estimate
-    baseline_s: float = 2.0  # while idle and stable, the level averages over about this long (s)
+    baseline_s: float = 5.0  # while idle and stable, the level averages over about this long (s)
     stable_std_factor: float = 1.8  # stable: window std <= factor * noise + floor
     stable_drift_sigmas: float = 4.0  # stable: half-window means within this many sigmas
     min_settle_s: float = 0.15  # never call a lane settled sooner after the door closed (s)
@@ -85,6 +86,7 @@ class LevelTracker:
         self.channels = channels
         self.config = config
         self.window = config.window_samples(sample_rate_hz)
+        self.sample_rate_hz = sample_rate_hz
         self.tick_interval = config.tick_samples(sample_rate_hz) / sample_rate_hz
         # sampled slowly, ringing above the Nyquist frequency aliases to a lower one
         self.ring_hz = min(config.min_ring_hz, 0.2 * sample_rate_hz)
@@ -147,6 +149,30 @@ class LevelTracker:
             count=count.astype(np.int64),
             drift=drift,
         )
+
+    def baseline_gain(self) -> float:
+        """How much the idle averaging narrows a window's uncertainty (>= 1)."""
+        span = max(self.window / self.sample_rate_hz, 1e-3)
+        return float(np.sqrt(max(1.0, self.config.baseline_s / span)))
+
+    def batch_sigma(self, batches: int = 4) -> FloatArray:
+        """Standard deviation of the window mean measured from the data (g).
+
+        The window is cut into ``batches`` parts; the spread of their means shows
+        what correlated noise and slow (or aliased) ringing do to a mean, which a
+        model of white noise cannot. Inflated for the few degrees of freedom.
+        """
+        g = self._g
+        n = g.shape[0] // batches
+        if n < 2:
+            return np.full(self.channels, np.inf)
+        parts = g[: n * batches].reshape(batches, n, self.channels)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(parts, axis=1)
+            spread = np.nanstd(means, axis=0, ddof=1)
+        sigma: FloatArray = np.where(np.isfinite(spread), 1.3 * spread / np.sqrt(batches), np.inf)
+        return sigma
 
     # -- judgements --------------------------------------------------------------
     def stable(self, s: WindowStats, slack_g: FloatArray | float = 0.0) -> BoolArray:
