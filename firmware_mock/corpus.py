@@ -22,6 +22,7 @@ the door closing within 0.3 s of the last take) and ``slow`` (standard at 10 SPS
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -250,11 +251,36 @@ class _Timeline:
         if mode != "tracked" and n >= 2 and rng.random() < 0.25:
             count = int(rng.integers(2, min(3, n) + 1))
         item = int(rng.integers(n - count + 1))
+        if mode == "tracked":
+            candidates = [i for i in range(n) if self._tracked_take_unique(lane, i)]
+            if not candidates:
+                return False
+            item = candidates[int(rng.integers(len(candidates)))]
         self.ledger.take(self.t, lane, item, count)
         if count > 1:
             self._add("take", lane=lane, item=item, count=count)
         else:
             self._add("take", lane=lane, item=item)
+        return True
+
+    def _tracked_take_unique(self, lane: int, index: int) -> bool:
+        """Whether taking item ``index`` keeps the lane's loss this session explainable by
+        one number of items only: no subset of another size of what the lane held when
+        the door opened weighs the same (within noise and drying)."""
+        visit = self.ledger.visit
+        assert visit is not None
+        shelf = [it.weight0_g for it in self.ledger.shelves[lane]]
+        gone = [tk.weight_g for tk in visit.taken if tk.lane == lane and tk.returned_to != lane]
+        loss = [*gone, shelf[index]]
+        held = shelf + gone
+        target = sum(loss)
+        tol = 8.0 + 0.01 * target
+        for size in (len(loss) - 1, len(loss) + 1):
+            if size < 1 or size > len(held):
+                continue
+            for combo in itertools.combinations(held, size):
+                if abs(sum(combo) - target) <= tol:
+                    return False
         return True
 
     def _extra(self, kind: str) -> bool:
@@ -328,50 +354,66 @@ class _Timeline:
             if close and tk.returned_to is None and tk.lane != source:
                 return False
         if source is None:
-            # a foreign object must not look like what a resident could have put back:
-            # two items taken, or part of the produce taken from a weighed lane
-            # (up to two items, plus any part of the produce taken from weighed lanes)
-            # what the scales see as lost: everything not put back on its own lane
-            # (a misplaced bunch still shows as a loss on the lane it came from)
-            out = [tk for tk in taken if tk.returned_to != tk.lane and tk.lane != lane]
-            produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
-            items = [tk.weight_g for tk in out if self.lanes[tk.lane].mode != "weighed"]
-            sums = [0.0, *items]
-            sums += [a + b for i, a in enumerate(items) for b in items[i + 1 :]]
-            # billing may give back any number of packs a unit lane lost
-            for n, spec_ in self.lanes.items():
-                if spec_.mode == "unit":
-                    k = sum(1 for tk in out if tk.lane == n)
-                    sums += [j * float(spec_.unit_weight_g or 0.0) for j in range(3, k + 1)]
-            if any(x - m <= w <= x + produce + m for x in sums):
-                return False
+            # a foreign object must not look like anything a resident could have put back
+            return not self._readable_as(w, lane, taken, truth=None)
         return True
 
     def _no_cheaper_reading(self, lane: int, moved: Taken, taken: Sequence[Taken]) -> bool:
-        """Whether ``moved`` arriving on ``lane`` can only be read as itself: no other
-        one or two items taken (plus any part of the produce taken from weighed lanes)
-        weigh the same. Billing must read an ambiguous gain the cheaper way, so a
-        scenario with one would have no single right bill."""
-        m = AMBIGUITY_MARGIN_G
-        w = moved.weight_g
-        out = [tk for tk in taken if tk.returned_to is None and tk.lane != lane]
-        produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
-        others = [
-            tk.weight_g for tk in out if tk is not moved and self.lanes[tk.lane].mode != "weighed"
-        ]
-        sums = list(others) + [a + b for i, a in enumerate(others) for b in others[i + 1 :]]
-        if self.lanes[moved.lane].mode != "weighed":
-            sums.append(0.0)  # produce alone
-        else:
-            # produce from another weighed lane alone
-            elsewhere = sum(
-                tk.weight_g
-                for tk in out
-                if self.lanes[tk.lane].mode == "weighed" and tk.lane != moved.lane
+        """Whether ``moved`` arriving on ``lane`` can only be read as itself. Billing must
+        read an ambiguous gain the cheaper way, so a scenario with one would have no
+        single right bill."""
+        if self.lanes[moved.lane].mode == "weighed":
+            elsewhere = any(
+                self.lanes[tk.lane].mode == "weighed" and tk.lane != moved.lane
+                for tk in taken
+                if tk.returned_to != tk.lane
             )
-            if elsewhere > 0.0:  # produce of two weighed lanes on one lane reads either way
+            if elsewhere:  # produce of two weighed lanes on one lane reads either way
                 return False
-        return not any(x - m <= w <= x + produce + m for x in sums)
+        return not self._readable_as(moved.weight_g, lane, taken, truth=moved)
+
+    def _readable_as(
+        self, w: float, lane: int, taken: Sequence[Taken], *, truth: Taken | None
+    ) -> bool:
+        """Whether ``w`` grams arriving on ``lane`` could be read as items taken this
+        session other than ``truth``: pieces from up to two lanes (any number of packs
+        of a unit lane, one to three recorded items of a tracked lane), plus any part of
+        the produce taken from weighed lanes, as billing's matching may read it."""
+        m = AMBIGUITY_MARGIN_G
+        # what the scales see as lost: everything not put back on its own lane (a
+        # misplaced item still shows as a loss on the lane it came from)
+        out = [tk for tk in taken if tk.returned_to != tk.lane and tk.lane != lane]
+        produce = sum(tk.weight_g for tk in out if self.lanes[tk.lane].mode == "weighed")
+        pieces: dict[int, list[tuple[float, bool]]] = {}  # lane -> (weight, is the truth)
+        for n in {tk.lane for tk in out}:
+            spec = self.lanes[n]
+            mine = [tk for tk in out if tk.lane == n]
+            if spec.mode == "unit":
+                u = float(spec.unit_weight_g or 0.0)
+                is_truth = truth is not None and truth.lane == n
+                pieces[n] = [(j * u, is_truth and j == 1) for j in range(1, len(mine) + 1)]
+            elif spec.mode == "tracked":
+                # billing may read the lane's loss as other items of the same count, so
+                # any items the lane held when the door opened can be the piece
+                held = [(it.weight0_g, False) for it in self.ledger.shelves[n]]
+                held += [(tk.weight_g, tk is truth) for tk in mine]
+                found: list[tuple[float, bool]] = []
+                for size in range(1, min(3, len(mine)) + 1):
+                    for combo in itertools.combinations(held, size):
+                        only_truth = size == 1 and combo[0][1]
+                        found.append((sum(x for x, _ in combo), only_truth))
+                pieces[n] = found
+        sums: list[float] = (
+            [] if truth is not None and self.lanes[truth.lane].mode == "weighed" else [0.0]
+        )
+        lanes = list(pieces)
+        for i, a in enumerate(lanes):
+            for wa, ta in pieces[a]:
+                if not ta:
+                    sums.append(wa)
+                for b in lanes[i + 1 :]:
+                    sums.extend(wa + wb for wb, _ in pieces[b])
+        return any(x - m <= w <= x + produce + m for x in sums)
 
     def _add(self, do: str, **kw: object) -> None:
         t = self.t = round(self.t, 2)
