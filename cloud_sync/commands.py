@@ -6,7 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _LEDGER_EPILOG = (
     "Exit status: 0 the chain is intact; 1 something is broken (bad signature, gap, "
@@ -112,13 +115,12 @@ def _keys_show(args: argparse.Namespace) -> int:
     from cloud_sync.keys import key_id, load_private_key, load_public_key, public_key_text
 
     try:
-        key: Any
-        try:
-            key = load_public_key(args.key)
-        except KeyFileError as exc:
-            if "private key" not in str(exc):
-                raise
-            key = load_private_key(args.key)
+        with args.key.open("rb") as fh:
+            is_private = b"PRIVATE KEY" in fh.read(16 * 1024)
+    except OSError:
+        is_private = False  # the loaders below report the problem
+    try:
+        key = load_private_key(args.key) if is_private else load_public_key(args.key)
     except KeyFileError as exc:
         return _fail(str(exc), 2)
     print(f"public key: {public_key_text(key)}")
@@ -129,7 +131,7 @@ def _keys_show(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- ledger
 
 
-def _public_key(spec: str) -> Any:
+def _public_key(spec: str) -> Ed25519PublicKey:
     """A public key from text or a file; raises KeyFileError or MalformedMessage."""
     from cloud_sync.keys import load_public_key, public_key_from_text
 

@@ -463,21 +463,21 @@ def verify_chain(
     items = list(records)
     problems: list[ChainProblem] = []
     wellformed: list[tuple[int, Mapping[str, Any]]] = []
+    #: seqs held by records that are there but unreadable: not "missing"
+    invalid_seqs: set[int] = set()
     for index, rec in enumerate(items):
         try:
             wellformed.append((index, check_record(rec)))
         except MalformedMessage as exc:
             raw_seq = rec.get("seq") if isinstance(rec, dict) else None
-            problems.append(
-                ChainProblem(
-                    raw_seq if type(raw_seq) is int else None, "malformed", str(exc), index
-                )
-            )
+            seq_or_none = raw_seq if type(raw_seq) is int else None
+            if seq_or_none is not None:
+                invalid_seqs.add(seq_or_none)
+            problems.append(ChainProblem(seq_or_none, "malformed", str(exc), index))
     if cabinet_id is None and wellformed:
         cabinet_id = Counter(str(r["cabinet"]) for _, r in wellformed).most_common(1)[0][0]
 
     candidates: dict[int, list[_Candidate]] = {}
-    invalid_seqs: set[int] = set()
     duplicates: list[int] = []
     max_seq = 0
     for index, rec in wellformed:

@@ -20,7 +20,7 @@ The contract (``DESIGN.md``, "Billing rules") with **never overcharge** above al
   ``min(k_lo, k_hi)`` items, ``needs_review``, where ``k_lo`` is the fewest items whose
   heaviest choice reaches the loss (at least that many left, if the loss is items) and
   ``k_hi`` the most items whose lightest choice stays within the loss (at most that many).
-* ``weighed`` lanes: billed weight = loss - ``k_sigma * sigma`` (the measurement can only
+* ``weighed`` lanes: billed weight = loss - ``k_margin * sigma`` (the measurement can only
   make us charge less), truncated to 0.1 g; ``amount = price_per_kg * dg // 10000``
   (exact integers). A loss below ``min_weighed_g`` is no sale.
 * A gain on a lane is first explained as a misplaced return (``misplaced_return``) of
@@ -105,6 +105,11 @@ class BillingPolicy:
     #: fits only that far is still far likelier than its neighbours; where two counts fit,
     #: the lower is billed and the bill is flagged, so this never raises a bill.
     k_count: float = 4.0
+    #: weighed lanes: the billed weight is the loss less this many standard deviations
+    #: (-). The level uncertainty is calibrated (measured error / claimed sigma has sd
+    #: ~1; scripts/bench_sigma.py), so 3.5 keeps the chance of billing a weighed line
+    #: above the truth near 1 in 4,000, and then by a fraction of a gram.
+    k_margin: float = 3.5
     #: |delta| at or below max(this, k_sigma*sigma) is "no change" (g)
     min_change_g: float = 8.0
     #: smallest sale on a weighed lane (g)
@@ -125,6 +130,7 @@ class BillingPolicy:
         checks: tuple[tuple[str, bool], ...] = (
             ("k_sigma", math.isfinite(self.k_sigma) and self.k_sigma > 0),
             ("k_count", math.isfinite(self.k_count) and self.k_count > 0),
+            ("k_margin", math.isfinite(self.k_margin) and self.k_margin >= 0),
             ("min_change_g", math.isfinite(self.min_change_g) and self.min_change_g >= 0),
             ("min_weighed_g", math.isfinite(self.min_weighed_g) and self.min_weighed_g >= 0),
             (
@@ -478,7 +484,7 @@ def _weighed_sale(
     """(billed weight in 0.1 g steps, amount in fen) for ``remaining_g`` g kept."""
     if remaining_g < policy.min_weighed_g:
         return 0, 0
-    billed = remaining_g - policy.k_sigma * sigma
+    billed = remaining_g - policy.k_margin * sigma
     if billed <= 0:
         return 0, 0
     dg = math.floor(billed * _Q_PER_G + 1e-9)

@@ -283,15 +283,18 @@ def test_tracked_thirty_items_exact_and_fast() -> None:
 def test_weighed_bills_the_loss_less_the_noise_margin() -> None:
     bill = bill_session([rd(BOKCHOY, -420.0, sigma=0.5)], {})
     ln = line(bill, 2)
-    # 420 - 3 * 0.5 = 418.5 g; 800 fen/kg -> 334.8 -> 334 fen
-    assert (ln.qty, ln.weight_g, ln.unit_price_fen, ln.amount_fen) == (1, 418.5, 800, 334)
+    # 420 - k_margin (3.5) * 0.5 = 418.25 -> 418.2 g; 800 fen/kg -> 334.56 -> 334 fen
+    assert (ln.qty, ln.weight_g, ln.unit_price_fen, ln.amount_fen) == (1, 418.2, 800, 334)
     assert bill.flags == ()
 
 
 def test_weighed_margin_scales_with_sigma() -> None:
     ln = line(bill_session([rd(BOKCHOY, -420.0, sigma=2.0)], {}), 2)
-    assert ln.weight_g == pytest.approx(414.0)
-    assert ln.amount_fen == 331
+    assert ln.weight_g == pytest.approx(413.0)  # 420 - 3.5 * 2
+    assert ln.amount_fen == 330
+    ln3 = line(bill_session([rd(BOKCHOY, -420.0, sigma=2.0)], {}, BillingPolicy(k_margin=3.0)), 2)
+    assert ln3.weight_g == pytest.approx(414.0)  # 420 - 3 * 2
+    assert ln3.amount_fen == 331
 
 
 def test_weighed_amount_is_floored_and_weight_truncated_to_decigrams() -> None:
@@ -555,7 +558,7 @@ def test_to_json_shape_matches_docs_bills_md() -> None:
                 "lane": 2,
                 "sku": "bokchoy",
                 "qty": 1,
-                "weight_g": 418.5,
+                "weight_g": 418.2,
                 "unit_price_fen": 800,
                 "amount_fen": 334,
             },
