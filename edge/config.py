@@ -6,6 +6,7 @@ Every error names the file and the key, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,7 +17,9 @@ from edge.model import LANE_MODES, CabinetSpec, Calibration, Lane
 from edge.session import SessionConfig
 from edge.weighing import WeighingConfig
 
-HARDWARE_BACKENDS = ("sim",)
+HARDWARE_BACKENDS = ("sim", "hx711", "modbus")
+#: [hardware.*] tables a backend reads and validates itself (errors name the key)
+HARDWARE_TABLES = ("hx711", "modbus", "lock", "door")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,13 @@ class CabinetConfig:
     stock: dict[int, list[float]]
     sessions: SessionConfig
     weighing: WeighingConfig
+    #: [hardware.hx711], [hardware.modbus], [hardware.lock], [hardware.door] as written;
+    #: the backend that uses a table validates it
+    hardware: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: [sync] as written (broker, TLS, keys); cloud_sync validates it
+    sync: dict[str, Any] = field(default_factory=dict)
+    #: the TOML file this came from (None for the embedded defaults)
+    path: Path | None = None
 
     def spec(self) -> CabinetSpec:
         return CabinetSpec(
@@ -143,7 +153,8 @@ def load_config(path: str | Path) -> CabinetConfig:
         raise ConfigError(f"{source}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse_config(data, source=source, base=p.parent)
+    config = parse_config(data, source=source, base=p.parent)
+    return dataclasses.replace(config, path=p)
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetConfig:
@@ -172,6 +183,10 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
         physics=physics,
     )
     simr.done()
+    hardware: dict[str, dict[str, Any]] = {}
+    for name in HARDWARE_TABLES:
+        if name in hw.table:
+            hardware[name] = dict(hw.sub(name).table)
     hw.done()
 
     calibrations: list[Calibration] = []
@@ -240,6 +255,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
 
     sessions = _dataclass_from(top.sub("session"), SessionConfig)
     weighing = _dataclass_from(top.sub("weighing"), WeighingConfig)
+    sync = dict(top.sub("sync").table)
     top.done()
     db_path = Path(db)  # relative paths are relative to the working directory
     return CabinetConfig(
@@ -254,4 +270,6 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
         stock=stock,
         sessions=sessions,
         weighing=weighing,
+        hardware=hardware,
+        sync=sync,
     )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "sim": "firmware_mock.live:create_hardware",
+    "hx711": "edge.hardware.hx711:create_hardware",
+    "modbus": "edge.hardware.modbus:create_hardware",
 }
 
 
