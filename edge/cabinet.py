@@ -174,7 +174,8 @@ class Cabinet:
     ) -> str | None:
         """A verified unlock. Returns the session id, or None when the cabinet is busy."""
         self.now = max(self.now, t)
-        if self.session is not None or self.door_open:
+        if self.session is not None or self.door_open or self._pending_recovery:
+            # (sessions found after a restart are settled first: see recover())
             log.info("unlock for %s refused at %.2f: cabinet busy", resident, t)
             self._event(t, "unlock_refused", resident=resident, reason="busy")
             return None
