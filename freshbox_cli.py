@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from edge.errors import ConfigError, EdgeError, InputError
 
 #: Packages that contribute subcommands, each with a ``register(subparsers)`` function.
-COMMAND_MODULES = ("firmware_mock.commands", "edge.commands", "cloud_sync.commands")
+COMMAND_MODULES = (
+    "firmware_mock.commands",
+    "firmware_mock.mock_commands",
+    "edge.commands",
+    "cloud_sync.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
