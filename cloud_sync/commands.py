@@ -1,4 +1,4 @@
-"""``freshbox keys ...`` and ``freshbox ledger ...``: signing keys and record ledgers."""
+"""``freshbox keys``, ``ledger``, ``ingest``, ``broker`` and ``cmd``: keys, ledgers and the wire."""
 
 from __future__ import annotations
 
@@ -68,15 +68,21 @@ def register(sub: Any) -> None:
     verify.add_argument(
         "--file",
         type=Path,
-        required=True,
         metavar="RECORDS.jsonl",
-        help="the records, one JSON object per line, in seq order",
+        help="the records, one JSON object per line, in seq order (with --public-key)",
     )
     verify.add_argument(
         "--public-key",
-        required=True,
         metavar="KEY",
-        help="the cabinet's public key: base64url text, or a file holding it or a PEM key",
+        help="the cabinet's public key: base64url text, or a file holding it or a PEM key "
+        "(a key text starting with '-' must be glued on: --public-key=KEY)",
+    )
+    verify.add_argument(
+        "--db",
+        type=Path,
+        metavar="FILE",
+        help="instead of --file: an ingest database; every stored chain is checked with "
+        "the enrolled keys (and a quarantined cabinet counts as broken)",
     )
     verify.add_argument(
         "--cabinet",
@@ -85,6 +91,10 @@ def register(sub: Any) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(func=_ledger_verify)
+
+    from cloud_sync.cli_sync import register_sync
+
+    register_sync(sub)
 
 
 def _fail(message: str, code: int) -> int:
@@ -171,6 +181,15 @@ def _ledger_verify(args: argparse.Namespace) -> int:
     from cloud_sync.keys import key_id
     from cloud_sync.records import verify_chain
     from cloud_sync.topics import validate_cabinet_id
+
+    if args.db is not None:
+        if args.file is not None or args.public_key is not None:
+            return _fail("--db checks an ingest database: give it without --file/--public-key", 2)
+        from cloud_sync.cli_sync import ledger_verify_db
+
+        return ledger_verify_db(args)
+    if args.file is None or args.public_key is None:
+        return _fail("give --file RECORDS.jsonl and --public-key KEY, or --db FILE", 2)
 
     try:
         public_key = _public_key(args.public_key)

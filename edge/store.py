@@ -79,6 +79,23 @@ migration (``ALTER TABLE outbox ADD COLUMN prev_hash/hash/signature``, and
 ``ALTER TABLE outbox_state ADD COLUMN last_hash``: the chain head survives acks
 there) plus filling those columns in ``_insert_outbox``.
 
+Signing and hash chain (migration set ``freshbox_edge_store_signing``)
+-----------------------------------------------------------------------
+A store opened with a ``signing_key`` (the cabinet's Ed25519 private key,
+``[sync] signing_key``) applies the separate migration set
+:data:`SIGNING_MIGRATIONS` (applied only then, so a cabinet without sync keeps
+the plain schema): ``outbox`` gains ``prev_hash``, ``hash`` and ``record_json``
+(the sealed record of ``docs/protocol.md`` section 3, canonical JSON, exactly
+what is published) and ``outbox_state`` gains ``last_hash`` (the chain head,
+which survives acks). :meth:`CabinetStore._insert_outbox` then seals every new
+row inside the transaction that inserts it: ``seq`` is the outbox seq, ``at``
+the row's ``created_at``, ``body`` its payload, ``prev`` the previous head.
+Rows written while no key was given (``hash`` NULL) are sealed, in seq order,
+the next time the store is opened with the key. The uplink reads sealed rows
+with :meth:`~CabinetStore.outbox_records`, the head with
+:meth:`~CabinetStore.outbox_head` and one row's hash with
+:meth:`~CabinetStore.outbox_hash`.
+
 Outbox kinds
 ------------
 A **sale** record is the final record of a session: written by
@@ -110,13 +127,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from cloud_sync.canonical import canonical_bytes, parse_json, sha256_hex
+from cloud_sync.errors import SyncError
+from cloud_sync.records import ZERO_HASH, seal
 from edge.errors import StoreError
 from edge.model import LANE_MODES, LaneMode
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "APPLICATION_ID",
@@ -124,10 +147,13 @@ __all__ = [
     "EVIDENCE_TOLERANCE_G",
     "MIGRATIONS",
     "MIGRATION_SET",
+    "SIGNING_MIGRATIONS",
+    "SIGNING_MIGRATION_SET",
     "CabinetStore",
     "EventRow",
     "EvidenceRow",
     "InventoryRow",
+    "OutboxHead",
     "OutboxKind",
     "OutboxRow",
     "OutboxState",
@@ -136,6 +162,7 @@ __all__ = [
     "SessionRow",
     "SessionState",
     "Severity",
+    "SignedOutboxRow",
     "iso_utc",
     "known_migrations",
 ]
@@ -153,6 +180,8 @@ _OPEN_STATES: Final = ("unlocked", "open", "closed")
 APPLICATION_ID: Final = 0x46424F58
 #: Name of this module's migration set in ``_sqlite_migrations``.
 MIGRATION_SET: Final = "freshbox_edge_store"
+#: The migration set applied only when the store is opened with a signing key.
+SIGNING_MIGRATION_SET: Final = "freshbox_edge_store_signing"
 #: Largest accepted |before_g + delta_g - after_g| of an evidence row (rounding).
 EVIDENCE_TOLERANCE_G: Final = 0.5
 
@@ -283,6 +312,29 @@ class OutboxState:
     acked_at: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class SignedOutboxRow:
+    """A sealed outbox record: ``record_json`` is the canonical record, ready to publish."""
+
+    seq: int
+    kind: OutboxKind
+    prev_hash: str
+    hash: str
+    record_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxHead:
+    """The cheap view of the outbox the uplink polls (no row count)."""
+
+    acked_upto: int
+    last_seq: int
+    #: record hash of ``last_seq`` once sealed (None when unsigned or nothing written)
+    last_hash: str | None
+    #: highest seq that is sealed (rows above it are waiting for a key)
+    sealed_upto: int
+
+
 # --------------------------------------------------------------------- migrations
 
 MIGRATIONS = Migrations(MIGRATION_SET)
@@ -407,6 +459,26 @@ def m0002_events_outbox(db: Database) -> None:
         db.execute(statement)
 
 
+SIGNING_MIGRATIONS = Migrations(SIGNING_MIGRATION_SET)
+
+_S0001 = (
+    "ALTER TABLE outbox ADD COLUMN prev_hash TEXT"
+    " CHECK (prev_hash IS NULL OR length(prev_hash) = 64)",
+    "ALTER TABLE outbox ADD COLUMN hash TEXT CHECK (hash IS NULL OR length(hash) = 64)",
+    "ALTER TABLE outbox ADD COLUMN record_json TEXT"
+    " CHECK (record_json IS NULL OR json_valid(record_json))",
+    "ALTER TABLE outbox_state ADD COLUMN last_hash TEXT",
+    "ALTER TABLE outbox_state ADD COLUMN sealed_upto INTEGER NOT NULL DEFAULT 0",
+)
+
+
+@SIGNING_MIGRATIONS(name="0001_outbox_chain")
+def s0001_outbox_chain(db: Database) -> None:
+    """Signature and hash-chain columns of the outbox (docs/protocol.md section 3)."""
+    for statement in _S0001:
+        db.execute(statement)
+
+
 def known_migrations() -> list[str]:
     """Names of the migrations this code knows, in order."""
     return [m.name for m in MIGRATIONS._migrations]
@@ -502,17 +574,22 @@ class CabinetStore:
         cabinet_id: str,
         now: Callable[[], datetime] | None = None,
         timeout: float = 5.0,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         """Open (or create) the store at ``path`` for cabinet ``cabinet_id``.
 
         Sets WAL, ``synchronous=FULL`` and ``foreign_keys=ON``, applies pending
         migrations, and checks the file belongs to this cabinet. ``now`` is the
         UTC wall clock used for the ISO columns (default: the system clock).
-        ``timeout`` is how long to wait for another connection's lock.
+        ``timeout`` is how long to wait for another connection's lock. With
+        ``signing_key`` (the cabinet's Ed25519 key) every outbox row is sealed as a
+        signed, hash-chained record (see "Signing and hash chain" above).
         """
         self.path = Path(path)
         self.cabinet_id = _text(cabinet_id, "cabinet_id")
         self._now: Callable[[], datetime] = now or _utcnow
+        self._signing_key = signing_key
+        self._chain_columns = signing_key is not None
         self._lock = threading.RLock()
         self._closed = False
         if self.path.is_dir():
@@ -574,6 +651,14 @@ class CabinetStore:
                     f"{where}: not a freshbox cabinet store (has tables {', '.join(tables)})"
                 )
 
+        known_signing = {m.name for m in SIGNING_MIGRATIONS._migrations}
+        unknown = [m.name for m in SIGNING_MIGRATIONS.applied(db) if m.name not in known_signing]
+        if unknown:
+            raise StoreError(
+                f"{where}: store schema is newer than this code "
+                f"(unknown migrations: {', '.join(unknown)})"
+            )
+
         db.execute("BEGIN IMMEDIATE")
         try:
             MIGRATIONS.apply(db)
@@ -587,6 +672,9 @@ class CabinetStore:
                 raise StoreError(
                     f"{where}: store belongs to cabinet {row[0]!r}, not {self.cabinet_id!r}"
                 )
+            if self._signing_key is not None:
+                SIGNING_MIGRATIONS.apply(db)
+                self._seal_unsealed(db)
             db.execute("COMMIT")
         except BaseException:
             db.rollback()
@@ -676,14 +764,140 @@ class CabinetStore:
 
         The one place outbox rows are created: signing and hash-chaining go here.
         """
+        created_at = self._iso()
         cursor = db.execute(
             "INSERT INTO outbox (kind, ref, t, payload_json, created_at) VALUES (?, ?, ?, ?, ?)",
-            [kind, ref, t, payload_json, self._iso()],
+            [kind, ref, t, payload_json, created_at],
         )
         seq = cursor.lastrowid
         if seq is None:  # pragma: no cover - sqlite always reports it for a rowid table
             raise StoreError(f"{self.path}: outbox insert returned no seq")
+        if self._signing_key is not None:
+            self._seal_row(db, seq, kind, created_at, payload_json)
         return seq
+
+    # --------------------------------------------------------- signing / chain
+
+    @property
+    def signing(self) -> bool:
+        """True when the store seals outbox rows (it was opened with a signing key)."""
+        return self._signing_key is not None
+
+    def _seal_row(
+        self, db: Database, seq: int, kind: str, created_at: str, payload_json: str
+    ) -> None:
+        """Seal outbox row ``seq`` as the next record of the chain (caller's transaction)."""
+        key = self._signing_key
+        assert key is not None
+        acked, last_hash, sealed = db.execute(
+            "SELECT acked_upto, last_hash, sealed_upto FROM outbox_state WHERE id = 1"
+        ).fetchone()
+        if seq != sealed + 1:
+            raise StoreError(
+                f"{self.path}: cannot seal outbox seq {seq}: the chain is sealed up to {sealed}"
+            )
+        if last_hash is None:
+            if seq != 1:
+                raise StoreError(
+                    f"{self.path}: outbox records up to seq {max(acked, seq - 1)} were written "
+                    "and acknowledged before signing was enabled; the hash chain cannot start "
+                    "at seq 1 (start a new store for this cabinet)"
+                )
+            last_hash = ZERO_HASH
+        try:
+            record = seal(
+                self.cabinet_id,
+                seq,
+                cast(OutboxKind, kind),
+                created_at,
+                last_hash,
+                parse_json(payload_json),
+                key,
+            )
+            record_json = canonical_bytes(record)
+        except SyncError as exc:
+            raise StoreError(f"{self.path}: cannot seal outbox seq {seq}: {exc}") from exc
+        record_hash = sha256_hex(record_json)
+        db.execute(
+            "UPDATE outbox SET prev_hash = ?, hash = ?, record_json = ? WHERE seq = ?",
+            [last_hash, record_hash, record_json.decode("utf-8"), seq],
+        )
+        db.execute(
+            "UPDATE outbox_state SET last_hash = ?, sealed_upto = ? WHERE id = 1",
+            [record_hash, seq],
+        )
+
+    def _seal_unsealed(self, db: Database) -> None:
+        """Seal, in seq order, the rows written while the store had no key."""
+        acked, sealed = db.execute(
+            "SELECT acked_upto, sealed_upto FROM outbox_state WHERE id = 1"
+        ).fetchone()
+        if int(acked) > int(sealed):
+            raise StoreError(
+                f"{self.path}: outbox records up to seq {acked} were written and acknowledged "
+                "before signing was enabled; the hash chain cannot start at seq 1 "
+                "(start a new store for this cabinet)"
+            )
+        rows = db.execute(
+            "SELECT seq, kind, created_at, payload_json FROM outbox WHERE hash IS NULL ORDER BY seq"
+        ).fetchall()
+        for seq, kind, created_at, payload_json in rows:
+            self._seal_row(db, int(seq), kind, created_at, payload_json)
+
+    def outbox_records(self, after_seq: int = 0, limit: int = 100) -> list[SignedOutboxRow]:
+        """Up to ``limit`` sealed, unacknowledged records with seq > ``after_seq``, in seq order."""
+        limit = _int(limit, "limit", minimum=0)
+        after_seq = _int(after_seq, "after_seq", minimum=0)
+        with self._op("outbox_records") as db:
+            if not self._has_chain_columns(db):
+                return []
+            rows = db.execute(
+                "SELECT seq, kind, prev_hash, hash, record_json FROM outbox"
+                " WHERE seq > ? AND hash IS NOT NULL ORDER BY seq LIMIT ?",
+                [after_seq, limit],
+            ).fetchall()
+        return [
+            SignedOutboxRow(seq=int(r[0]), kind=r[1], prev_hash=r[2], hash=r[3], record_json=r[4])
+            for r in rows
+        ]
+
+    def outbox_head(self) -> OutboxHead:
+        """Ack position, last seq issued, chain head hash and sealed position (cheap to poll)."""
+        with self._op("outbox_head") as db:
+            if self._has_chain_columns(db):
+                acked, last_hash, sealed = db.execute(
+                    "SELECT acked_upto, last_hash, sealed_upto FROM outbox_state WHERE id = 1"
+                ).fetchone()
+            else:
+                acked = db.execute("SELECT acked_upto FROM outbox_state WHERE id = 1").fetchone()[0]
+                last_hash, sealed = None, 0
+            return OutboxHead(
+                acked_upto=int(acked),
+                last_seq=self._last_seq(db),
+                last_hash=last_hash,
+                sealed_upto=int(sealed),
+            )
+
+    def outbox_hash(self, seq: int) -> str | None:
+        """The record hash of outbox row ``seq`` while it is still there (else None)."""
+        seq = _int(seq, "seq", minimum=0)
+        with self._op("outbox_hash") as db:
+            if not self._has_chain_columns(db):
+                return None
+            row = db.execute("SELECT hash FROM outbox WHERE seq = ?", [seq]).fetchone()
+            if row is not None:
+                return cast("str | None", row[0])
+            state = db.execute(
+                "SELECT sealed_upto, last_hash FROM outbox_state WHERE id = 1"
+            ).fetchone()
+            return cast("str | None", state[1]) if int(state[0]) == seq else None
+
+    def _has_chain_columns(self, db: Database) -> bool:
+        if not self._chain_columns:
+            self._chain_columns = any(
+                r[1] == "hash" for r in db.execute("PRAGMA table_info(outbox)").fetchall()
+            )
+        return self._chain_columns
 
     def _upsert_inventory(
         self, db: Database, rows: Iterable[InventoryRow], t: float | None

@@ -119,7 +119,7 @@ def test_ledger_verify_intact(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     records = chain(key, 12)
     ledger = write_ledger(tmp_path / "r.jsonl", records)
     code, out, err = run(
-        capsys, "ledger", "verify", "--file", str(ledger), "--public-key", public_key_text(key)
+        capsys, "ledger", "verify", "--file", str(ledger), f"--public-key={public_key_text(key)}"
     )
     assert code == 0, out + err
     assert "records:    12, 12 verified (seq 1..12)" in out
@@ -150,7 +150,7 @@ def test_ledger_verify_broken(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     del records[4]  # dropped
     ledger = write_ledger(tmp_path / "r.jsonl", records)
     code, out, _ = run(
-        capsys, "ledger", "verify", "--file", str(ledger), "--public-key", public_key_text(key)
+        capsys, "ledger", "verify", "--file", str(ledger), f"--public-key={public_key_text(key)}"
     )
     assert code == 1
     assert "seq 3: bad_signature" in out
@@ -163,7 +163,7 @@ def test_ledger_verify_wrong_key(
 ) -> None:
     ledger = write_ledger(tmp_path / "r.jsonl", chain(key, 2))
     other = public_key_text(generate_private_key())
-    code, out, _ = run(capsys, "ledger", "verify", "--file", str(ledger), "--public-key", other)
+    code, out, _ = run(capsys, "ledger", "verify", "--file", str(ledger), f"--public-key={other}")
     assert code == 1 and out.count("bad_signature") >= 2
 
 
@@ -177,8 +177,7 @@ def test_ledger_verify_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         "--json",
         "--file",
         str(ledger),
-        "--public-key",
-        public_key_text(key),
+        f"--public-key={public_key_text(key)}",
     )
     assert code == 0
     report = json.loads(out)
@@ -195,8 +194,7 @@ def test_ledger_verify_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
         "cab-other",
         "--file",
         str(ledger),
-        "--public-key",
-        public_key_text(key),
+        f"--public-key={public_key_text(key)}",
     )
     assert code == 1
     assert {p["reason"] for p in json.loads(out)["problems"]} == {"wrong_cabinet"}
@@ -221,7 +219,7 @@ def test_ledger_verify_malformed_line(
     ledger = tmp_path / "r.jsonl"
     ledger.write_text(text)
     code, out, err = run(
-        capsys, "ledger", "verify", "--file", str(ledger), "--public-key", public_key_text(key)
+        capsys, "ledger", "verify", "--file", str(ledger), f"--public-key={public_key_text(key)}"
     )
     assert code == 2 and out == ""
     assert f"{ledger} line 4: " in err and words in err
@@ -238,8 +236,7 @@ def test_ledger_verify_unreadable_inputs(
         "verify",
         "--file",
         str(tmp_path / "nope.jsonl"),
-        "--public-key",
-        public_key_text(key),
+        f"--public-key={public_key_text(key)}",
     )
     assert code == 2 and "cannot read" in err
     code, _, err = run(capsys, "ledger", "verify", "--file", str(ledger), "--public-key", "nokey")
@@ -250,8 +247,7 @@ def test_ledger_verify_unreadable_inputs(
         "verify",
         "--file",
         str(ledger),
-        "--public-key",
-        public_key_text(key),
+        f"--public-key={public_key_text(key)}",
         "--cabinet",
         "a/b",
     )
@@ -259,7 +255,7 @@ def test_ledger_verify_unreadable_inputs(
     bad_utf8 = tmp_path / "bin.jsonl"
     bad_utf8.write_bytes(b"\xff\xfe\n")
     code, _, err = run(
-        capsys, "ledger", "verify", "--file", str(bad_utf8), "--public-key", public_key_text(key)
+        capsys, "ledger", "verify", "--file", str(bad_utf8), f"--public-key={public_key_text(key)}"
     )
     assert code == 2 and "line 1" in err and "UTF-8" in err
 
@@ -270,6 +266,6 @@ def test_ledger_verify_empty_file(
     ledger = tmp_path / "empty.jsonl"
     ledger.write_text("")
     code, out, _ = run(
-        capsys, "ledger", "verify", "--file", str(ledger), "--public-key", public_key_text(key)
+        capsys, "ledger", "verify", "--file", str(ledger), f"--public-key={public_key_text(key)}"
     )
     assert code == 0 and "no records" in out
