@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cloud_sync.errors import SyncError
+from cloud_sync.tomltable import TableReader as _BaseTableReader
 from cloud_sync.topics import validate_cabinet_id
 
 __all__ = [
@@ -84,83 +85,10 @@ class SyncConfigError(SyncError):
     reason = "config"
 
 
-class TableReader:
-    """Typed access to one TOML table; every error names ``source: path.key``."""
+class TableReader(_BaseTableReader):
+    """Typed access to one TOML table of the sync configuration."""
 
-    def __init__(self, source: str, table: object, path: str) -> None:
-        if not isinstance(table, dict):
-            raise SyncConfigError(f"{source}: {path or 'top level'}: must be a table")
-        self.source, self.table, self.path = source, table, path
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, problem: str) -> SyncConfigError:
-        return SyncConfigError(f"{self.source}: {self.key(name)}: {problem}")
-
-    def has(self, name: str) -> bool:
-        return name in self.table
-
-    def get(self, name: str, default: Any = ...) -> Any:
-        self.used.add(name)
-        if name not in self.table:
-            if default is ...:
-                raise self.fail(name, "missing")
-            return default
-        return self.table[name]
-
-    def str_(self, name: str, default: Any = ...) -> str:
-        v = self.get(name, default)
-        if not isinstance(v, str) or not v:
-            raise self.fail(name, "must be a non-empty string")
-        return v
-
-    def opt_str(self, name: str) -> str | None:
-        if name not in self.table:
-            self.used.add(name)
-            return None
-        return self.str_(name)
-
-    def path_(self, name: str) -> Path | None:
-        v = self.opt_str(name)
-        return None if v is None else Path(v)
-
-    def int_(
-        self, name: str, default: Any = ..., *, minimum: int = 0, maximum: int | None = None
-    ) -> int:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(name, "must be an integer")
-        if v < minimum or (maximum is not None and v > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-            raise self.fail(name, f"must be an integer {bound}")
-        return v
-
-    def num(self, name: str, default: Any = ..., *, positive: bool = True) -> float:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(name, "must be a number")
-        if positive and v <= 0:
-            raise self.fail(name, "must be > 0")
-        if v < 0:
-            raise self.fail(name, "must be >= 0")
-        return float(v)
-
-    def bool_(self, name: str, default: Any = ...) -> bool:
-        v = self.get(name, default)
-        if not isinstance(v, bool):
-            raise self.fail(name, "must be true or false")
-        return v
-
-    def sub(self, name: str, *, required: bool = False) -> TableReader:
-        v = self.get(name, ... if required else {})
-        return TableReader(self.source, v, self.key(name))
-
-    def done(self) -> None:
-        extra = sorted(set(self.table) - self.used)
-        if extra:
-            raise self.fail(extra[0], "unknown key")
+    error = SyncConfigError
 
 
 def load_toml(path: Path | str) -> tuple[str, dict[str, Any]]:

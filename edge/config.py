@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cloud_sync.tomltable import TableReader
 from edge.errors import ConfigError
 from edge.model import LANE_MODES, CabinetSpec, Calibration, Lane
 from edge.session import SessionConfig
@@ -65,67 +66,10 @@ class CabinetConfig:
         )
 
 
-class _Reader:
-    """Typed access to a TOML table with errors that name the key."""
+class _Reader(TableReader):
+    """Typed access to a table of the cabinet configuration."""
 
-    def __init__(self, source: str, table: Any, path: str) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {path or 'top level'}: must be a table")
-        self.source, self.table, self.path = source, table, path
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.key(name)}: {problem}")
-
-    def get(self, name: str, default: Any = ...) -> Any:
-        self.used.add(name)
-        if name not in self.table:
-            if default is ...:
-                raise self.fail(name, "missing")
-            return default
-        return self.table[name]
-
-    def str_(self, name: str, default: Any = ...) -> str:
-        v = self.get(name, default)
-        if not isinstance(v, str) or not v:
-            raise self.fail(name, "must be a non-empty string")
-        return v
-
-    def int_(self, name: str, default: Any = ..., minimum: int | None = None) -> int:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(name, "must be an integer")
-        if minimum is not None and v < minimum:
-            raise self.fail(name, f"must be >= {minimum}")
-        return v
-
-    def num(self, name: str, default: Any = ..., positive: bool = False) -> float:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(name, "must be a number")
-        if positive and v <= 0:
-            raise self.fail(name, "must be > 0")
-        if v < 0:
-            raise self.fail(name, "must be >= 0")
-        return float(v)
-
-    def bool_(self, name: str, default: Any = ...) -> bool:
-        v = self.get(name, default)
-        if not isinstance(v, bool):
-            raise self.fail(name, "must be true or false")
-        return v
-
-    def sub(self, name: str, required: bool = False) -> _Reader:
-        v = self.get(name, ... if required else {})
-        return _Reader(self.source, v, self.key(name))
-
-    def done(self) -> None:
-        extra = sorted(set(self.table) - self.used)
-        if extra:
-            raise self.fail(extra[0], "unknown key")
+    error = ConfigError
 
 
 def _dataclass_from(reader: _Reader, cls: Any) -> Any:
@@ -174,7 +118,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
         )
     simr = hw.sub("sim")
     phys = simr.sub("physics")
-    physics = {k: phys.num(k) for k in list(phys.table)}
+    physics = {k: phys.num(k, positive=False) for k in list(phys.table)}
     phys.done()
     sim = SimHardware(
         seed=simr.int_("seed", 7),
@@ -235,7 +179,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
             price_fen=r.int_("price_fen", minimum=0) if mode != "weighed" else None,
             price_fen_per_kg=r.int_("price_fen_per_kg", minimum=0) if mode == "weighed" else None,
             unit_weight_g=r.num("unit_weight_g", positive=True) if mode == "unit" else None,
-            unit_weight_sd_g=r.num("unit_weight_sd_g") if mode == "unit" else None,
+            unit_weight_sd_g=r.num("unit_weight_sd_g", positive=False) if mode == "unit" else None,
         )
         r.done()
         lanes.append(lane)
