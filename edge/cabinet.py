@@ -144,6 +144,8 @@ class Cabinet:
         self.now = 0.0
         self._stats: WindowStats | None = None
         self._faulted = np.zeros(self.filter.channels, dtype=np.bool_)
+        self._loud_since = np.full(self.filter.channels, np.inf)
+        self._clean_since = np.full(self.filter.channels, np.inf)
         self.out = _Outputs()
         self._pending_recovery: list[Session] = []
 
@@ -501,8 +503,40 @@ class Cabinet:
             col = self.lane_column[ln.lane]
             self._tolerance[col] = settle_tolerance_g(ln, self.tracked_stock.get(ln.lane, ()))
 
+    def _fault_reasons(self, t: float) -> list[str]:
+        """Why each channel is faulted now ("" when it is not)."""
+        w = self.weighing
+        rate = self.spec.sample_rate_hz
+        silent = self.tracker.faulted(t)
+        invalid = self.filter.invalid_share > w.fault_invalid_share
+        stuck = self.filter.same_run >= max(20, w.fault_stuck_s * rate)
+        s = self._stats
+        noisy = np.zeros(self.filter.channels, dtype=np.bool_)
+        if s is not None and self.session is None and not self.door_open:
+            # ringing after a load change passes within seconds; a noisy cell does not
+            loud = s.std > w.fault_noise_g
+            self._loud_since = np.where(loud, np.fmin(self._loud_since, t), np.inf)
+            noisy = t - self._loud_since >= w.fault_noise_s
+        reasons = []
+        for col in range(self.filter.channels):
+            if silent[col]:
+                reasons.append("no reading")
+            elif invalid[col]:
+                reasons.append(f"{100 * self.filter.invalid_share[col]:.0f} % invalid readings")
+            elif stuck[col]:
+                reasons.append("stuck value")
+            elif noisy[col] and s is not None:
+                reasons.append(f"noise {float(s.std[col]):.0f} g rms out of band")
+            else:
+                reasons.append("")
+        return reasons
+
     def _check_faults(self, t: float) -> None:
-        faulted = self.tracker.faulted(t)
+        reasons = self._fault_reasons(t)
+        now_bad = np.array([bool(r) for r in reasons], dtype=np.bool_)
+        # hysteresis: a faulted channel counts again only after fault_clear_s clean
+        self._clean_since = np.where(now_bad, np.inf, np.fmin(self._clean_since, t))
+        faulted = now_bad | (self._faulted & (t - self._clean_since < self.weighing.fault_clear_s))
         new = faulted & ~self._faulted
         self._faulted = faulted
         if not new.any():
@@ -513,8 +547,12 @@ class Cabinet:
                 if self.session is not None:
                     self.session.faulted_lanes.add(ln.lane)
                 self._event(
-                    t, "sensor_fault", lane=ln.lane, channel=ln.channel, reason="no reading"
+                    t, "sensor_fault", lane=ln.lane, channel=ln.channel, reason=reasons[col]
                 )
+
+    def alarm(self, t: float, kind: str, **data: Any) -> None:
+        """Record an alarm raised outside the weighing pipeline (the lock, for one)."""
+        self._event(t, kind, **data)
 
     # -- records -----------------------------------------------------------------
     def _record(

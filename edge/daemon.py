@@ -101,6 +101,7 @@ def run_daemon(
         if sync is not None:
             uplink, bridge = _start_uplink(config, sync, store, cabinet, clock)
         end = None if duration is None else clock.now() + duration
+        lock_alarms_seen = 0  # alarms raised by the lock, recorded as events
         log.info("cabinet %s running on %s hardware", config.cabinet_id, config.backend)
         while not stop.is_set():
             now = clock.now()
@@ -110,6 +111,11 @@ def run_daemon(
                 cabinet.door(now, is_open)
             if hardware.actors is not None:
                 hardware.actors(cabinet, now)
+            alarms = getattr(hardware.lock, "alarms", None)
+            while alarms is not None and len(alarms) > lock_alarms_seen:
+                alarm = alarms[lock_alarms_seen]
+                lock_alarms_seen += 1
+                cabinet.alarm(alarm.t, alarm.kind, detail=alarm.detail)
             if bridge is not None:
                 bridge.run_pending()
             if end is not None and now >= end:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from edge.model import INVALID_CODES, Calibration, FloatArray
 
@@ -38,6 +39,11 @@ class ChannelFilter:
         self._history: FloatArray = np.full((MEDIAN_TAPS - 1, self.channels), np.nan)
         self.invalid_count = np.zeros(self.channels, dtype=np.int64)
         self.sample_count = 0
+        #: health: share of invalid or missing readings (moving average over ~10 blocks)
+        self.invalid_share: FloatArray = np.zeros(self.channels)
+        #: health: how many valid readings in a row repeated the same raw value
+        self.same_run = np.zeros(self.channels, dtype=np.int64)
+        self._last_raw: FloatArray = np.full(self.channels, np.nan)
 
     def set_zero(self, channel: int, zero_counts: float) -> None:
         """Re-zero one channel (tare), in raw counts."""
@@ -62,6 +68,7 @@ class ChannelFilter:
         nan = np.isnan(g)
         self.invalid_count += nan.sum(axis=0)
         self.sample_count += n
+        self._track_health(raw, nan)
         joined = np.concatenate((self._history, g), axis=0)
         self._history = joined[-(MEDIAN_TAPS - 1) :].copy()
         # windows: (n, channels, taps), built from slices (cheaper than a strided view
@@ -76,3 +83,27 @@ class ChannelFilter:
         med: FloatArray = (0.5 * (ordered[rows, lo] + ordered[rows, hi])).reshape(n, self.channels)
         med[(valid == 0).reshape(n, self.channels)] = np.nan
         return med
+
+    def _track_health(self, raw: FloatArray, bad: npt.NDArray[np.bool_]) -> None:
+        """Share of invalid codes and runs of identical readings (a stuck converter).
+
+        Missing readings (NaN) are not invalid codes: a backend that reads its chips
+        one by one leaves gaps, and silence has its own rule (``fault_gap_s``).
+        """
+        n = raw.shape[0]
+        present = ~np.isnan(raw)
+        codes = (raw == INVALID_CODES[0]) | (raw == INVALID_CODES[1])
+        seen = present.sum(axis=0)
+        share = np.where(seen > 0, codes.sum(axis=0) / np.maximum(seen, 1), self.invalid_share)
+        self.invalid_share += 0.1 * (share - self.invalid_share)
+        valid_n = n - bad.sum(axis=0)
+        same = (raw == self._last_raw) | bad
+        all_same = same.all(axis=0)
+        self.same_run = np.where(
+            valid_n == 0, self.same_run, np.where(all_same, self.same_run + valid_n, 1)
+        )
+        has = valid_n > 0
+        if has.any():
+            last_idx = n - 1 - np.argmax(~bad[::-1], axis=0)
+            latest = raw[last_idx, np.arange(self.channels)]
+            self._last_raw = np.where(has, latest, self._last_raw)

@@ -48,6 +48,11 @@ class WeighingConfig:
     min_settle_s: float = 0.15  # never call a lane settled sooner after the door closed (s)
     min_ring_hz: float = 3.0  # lowest natural frequency a loaded shelf rings at (Hz)
     fault_gap_s: float = 2.0  # a channel with no valid reading this long is faulted (s)
+    fault_invalid_share: float = 0.5  # ... or with more invalid readings than this share
+    fault_stuck_s: float = 2.0  # ... or repeating one raw value this long (a stuck converter, s)
+    fault_noise_g: float = 10.0  # ... or idle with a filtered spread above this (g rms) ...
+    fault_noise_s: float = 5.0  # ... for this long (s)
+    fault_clear_s: float = 2.0  # a faulted channel must be clean this long to count again (s)
 
     def window_samples(self, sample_rate_hz: float) -> int:
         return max(self.min_window_samples, round(self.window_s * sample_rate_hz))
