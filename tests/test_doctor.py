@@ -166,3 +166,26 @@ def test_calibrate_names_an_unknown_channel(tmp_path: Path) -> None:
     config = load_config(_config(tmp_path))
     with pytest.raises(ConfigError, match="channel 9 has no"):
         calibrate(config, 9, 500.0, prompt=lambda _m: None)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"
+
+
+def test_doctor_on_the_emulated_modbus_board(capsys: pytest.CaptureFixture[str]) -> None:
+    started = time.monotonic()
+    code = main(["doctor", "--config", str(EXAMPLES / "modbus-emulated.toml"), "--json"])
+    assert time.monotonic() - started < 10
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] is True and report["backend"] == "modbus"
+    assert all(c["state"] == "ok" and c["rate_hz"] > 40 for c in report["channels"])
+
+
+def test_doctor_names_the_dead_chip_of_the_faulty_hx711_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["doctor", "--config", str(EXAMPLES / "hx711-emulated-faulty.toml"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1 and report["ok"] is False and report["backend"] == "hx711"
+    faulted = {c["channel"]: c["reason"] for c in report["channels"] if c["state"] == "fault"}
+    assert 3 in faulted, report  # saturated from the start: it never gives a valid reading
+    assert all(c["state"] == "ok" for c in report["channels"] if c["channel"] in (0, 2))
