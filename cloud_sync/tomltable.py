@@ -59,13 +59,19 @@ class TableReader:
         return None if v is None else Path(v)
 
     def int_(
-        self, name: str, default: Any = ..., *, minimum: int = 0, maximum: int | None = None
+        self, name: str, default: Any = ..., *, minimum: int | None = 0, maximum: int | None = None
     ) -> int:
+        """An integer; ``minimum=None`` allows any lower value."""
         v = self.get(name, default)
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.fail(name, "must be an integer")
-        if v < minimum or (maximum is not None and v > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+            if minimum is not None and maximum is not None:
+                bound = f"from {minimum} to {maximum}"
+            elif minimum is not None:
+                bound = f">= {minimum}"
+            else:
+                bound = f"<= {maximum}"
             raise self.fail(name, f"must be an integer {bound}")
         return v
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from cloud_sync.tomltable import TableReader as BaseTableReader
 from edge.errors import ConfigError, HardwareError
 
 #: BCM numbers of the GPIOs on the 40-pin header.
@@ -74,61 +75,17 @@ def gpio_error(what: str, exc: BaseException) -> HardwareError:
     return HardwareError(f"{what}: {exc}{hint}")
 
 
-class TableReader:
+class TableReader(BaseTableReader):
     """Typed access to a ``[hardware.<name>]`` table; errors name the file and the key,
     ``"<file>: hardware.hx711.<key>: <problem>"``."""
 
-    def __init__(self, source: str, table: Any, path: str) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {path}: must be a table")
-        self.source = source
-        self.table: dict[str, Any] = table
-        self.path = path
-        self.used: set[str] = set()
-
-    def fail(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.path}.{name}: {problem}")
-
-    def has(self, name: str) -> bool:
-        return name in self.table
-
-    def get(self, name: str, default: Any = ...) -> Any:
-        self.used.add(name)
-        if name not in self.table:
-            if default is ...:
-                raise self.fail(name, "missing")
-            return default
-        return self.table[name]
+    error = ConfigError
 
     def choice(self, name: str, choices: Sequence[str], default: Any = ...) -> str:
         v = self.get(name, default)
         if not isinstance(v, str) or v not in choices:
             raise self.fail(name, f"must be one of {', '.join(repr(c) for c in choices)}")
         return v
-
-    def bool_(self, name: str, default: Any = ...) -> bool:
-        v = self.get(name, default)
-        if not isinstance(v, bool):
-            raise self.fail(name, "must be true or false")
-        return v
-
-    def int_(self, name: str, default: Any = ..., *, minimum: int | None = None) -> int:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.fail(name, "must be an integer")
-        if minimum is not None and v < minimum:
-            raise self.fail(name, f"must be >= {minimum}")
-        return v
-
-    def num(self, name: str, default: Any = ..., *, positive: bool = True) -> float:
-        v = self.get(name, default)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(name, "must be a number")
-        if positive and v <= 0:
-            raise self.fail(name, "must be > 0")
-        if v < 0:
-            raise self.fail(name, "must be >= 0")
-        return float(v)
 
     def pin(self, name: str, default: Any = ...) -> int:
         v = self.get(name, default)
@@ -147,14 +104,6 @@ class TableReader:
         if len(set(v)) != len(v):
             raise self.fail(name, "lists a pin twice")
         return tuple(v)
-
-    def sub(self, name: str) -> TableReader:
-        return TableReader(self.source, self.get(name, {}), f"{self.path}.{name}")
-
-    def done(self) -> None:
-        extra = sorted(set(self.table) - self.used)
-        if extra:
-            raise self.fail(extra[0], "unknown key")
 
 
 def table(config: Any, name: str, *, required: bool = True) -> TableReader:

@@ -219,7 +219,7 @@ def _emulation_config(r: TableReader, config: CabinetConfig) -> EmulationConfig:
         if f.has("counts"):
             if kind != "stuck":
                 raise f.fail("counts", 'only for kind = "stuck"')
-            counts = f.int_("counts")
+            counts = f.int_("counts", minimum=None)
             if not -0x800000 <= counts <= 0x7FFFFF:
                 raise f.fail("counts", "must be a signed 24-bit value")
         f.done()
