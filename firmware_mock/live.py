@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import CabinetConfig
+from edge.errors import ConfigError
 from edge.hardware.interfaces import MemoryLock
 from edge.hardware.registry import Hardware
 from edge.model import Calibration, Lane, SampleBlock
@@ -90,6 +91,23 @@ class Shoppers:
         self.next_at = start_t + 3.0
         self.visit: _Visit | None = None
         self.visits = 0
+
+    @classmethod
+    def for_config(
+        cls, sim: SimulatedCabinet, config: CabinetConfig, lock: MemoryLock, *, start_t: float
+    ) -> Shoppers:
+        """The shoppers ``[hardware.sim]`` describes; an operator restocks each lane up to
+        what it held at start (at least 3 items)."""
+        par = {ln.lane: max(3, len(config.stock.get(ln.lane, []))) for ln in config.lanes}
+        return cls(
+            sim,
+            config.lanes,
+            lock,
+            start_t=start_t,
+            mean_gap_s=config.sim.mean_gap_s,
+            seed=config.sim.seed,
+            par=par,
+        )
 
     def __call__(self, cabinet: Any, now: float) -> None:
         if self.visit is None:
@@ -166,37 +184,33 @@ class Shoppers:
             pass
 
 
-def create_hardware(config: CabinetConfig, *, start_t: float = 0.0) -> Hardware:
-    """The ``sim`` backend for the daemon (see ``edge.hardware.registry``)."""
-    fields = set(Physics.__dataclass_fields__)
-    overrides = {k: v for k, v in config.sim.physics.items() if k in fields}
-    unknown = sorted(set(config.sim.physics) - fields)
+def sim_physics(config: CabinetConfig) -> Physics:
+    """``[hardware.sim.physics]`` over the defaults, at the cabinet's sample rate."""
+    known = set(Physics.__dataclass_fields__)
+    unknown = sorted(set(config.sim.physics) - known)
     if unknown:
-        from edge.errors import ConfigError
-
         raise ConfigError(f"{config.source}: hardware.sim.physics.{unknown[0]}: unknown key")
-    physics = dataclasses.replace(Physics(), **overrides, sample_rate_hz=config.sample_rate_hz)
-    sim = SimulatedCabinet.live(
+    overrides = {k: v for k, v in config.sim.physics.items() if k != "sample_rate_hz"}
+    return dataclasses.replace(Physics(), **overrides, sample_rate_hz=config.sample_rate_hz)
+
+
+def build_sim(config: CabinetConfig) -> SimulatedCabinet:
+    """A live simulated cabinet of ``config``: lanes, stock, calibrations, [hardware.sim]."""
+    return SimulatedCabinet.live(
         config.lanes,
         config.stock,
-        physics,
+        sim_physics(config),
         seed=config.sim.seed,
         cabinet_id=config.cabinet_id,
         calibrations=config.calibrations,
     )
+
+
+def create_hardware(config: CabinetConfig, *, start_t: float = 0.0) -> Hardware:
+    """The ``sim`` backend for the daemon (see ``edge.hardware.registry``)."""
+    sim = build_sim(config)
     lock = MemoryLock()
-    par = {ln.lane: max(3, len(config.stock.get(ln.lane, []))) for ln in config.lanes}
     actors = (
-        Shoppers(
-            sim,
-            config.lanes,
-            lock,
-            start_t=start_t,
-            mean_gap_s=config.sim.mean_gap_s,
-            seed=config.sim.seed,
-            par=par,
-        )
-        if config.sim.residents
-        else None
+        Shoppers.for_config(sim, config, lock, start_t=start_t) if config.sim.residents else None
     )
     return Hardware(source=ShiftedSource(sim, start_t), lock=lock, door=SimDoor(sim), actors=actors)

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge.errors import ConfigError
 from edge.hardware.interfaces import MemoryLock
 from edge.hardware.modbus import (
     BS_CHANNEL_FAULT,
@@ -62,10 +61,10 @@ from edge.hardware.modbus import (
     ST_READY,
     ST_SATURATED,
     ModbusSettings,
-    ModbusWeightSource,
     char_bits,
     encode_counts,
     frame_gap_s,
+    open_source,
 )
 from edge.model import FloatArray, Lane
 from firmware_mock.scenario import Physics
@@ -657,25 +656,6 @@ class WeighBoard:
 # ---------------------------------------------------------------- the emulated backend
 
 
-def build_sim(config: CabinetConfig) -> SimulatedCabinet:
-    """A live simulated cabinet of ``config`` (lanes, stock, calibrations, [hardware.sim])."""
-    known = set(Physics.__dataclass_fields__)
-    unknown = sorted(set(config.sim.physics) - known)
-    if unknown:
-        raise ConfigError(f"{config.source}: hardware.sim.physics.{unknown[0]}: unknown key")
-    overrides: dict[str, Any] = {k: v for k, v in config.sim.physics.items() if k in known}
-    overrides["sample_rate_hz"] = config.sample_rate_hz
-    physics = dataclasses.replace(Physics(), **overrides)
-    return SimulatedCabinet.live(
-        config.lanes,
-        config.stock,
-        physics,
-        seed=config.sim.seed,
-        cabinet_id=config.cabinet_id,
-        calibrations=config.calibrations,
-    )
-
-
 def emulated_hardware(
     config: CabinetConfig, settings: ModbusSettings, *, start_t: float = 0.0
 ) -> Hardware:
@@ -683,7 +663,7 @@ def emulated_hardware(
     simulated cabinet, polled by the real ``ModbusWeightSource``; the simulator's door,
     a memory lock and the sim backend's shoppers."""
     from edge.hardware.registry import Hardware
-    from firmware_mock.live import Shoppers, SimDoor
+    from firmware_mock.live import Shoppers, SimDoor, build_sim
 
     sim = build_sim(config)
     sim_lock = threading.Lock()
@@ -701,20 +681,7 @@ def emulated_hardware(
     )
     device = board.start()
     try:
-        source = ModbusWeightSource(
-            device,
-            config.calibrations,
-            unit=settings.unit,
-            baud=settings.baud,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            poll_hz=settings.poll_hz,
-            timeout_s=settings.timeout_s,
-            retries=settings.retries,
-            channels=settings.channels,
-            sample_rate_hz=config.sample_rate_hz,
-            start_t=start_t,
-        ).start()
+        source = open_source(device, settings, config, start_t=start_t)
     except BaseException:
         board.stop()
         raise
@@ -722,16 +689,7 @@ def emulated_hardware(
     lock = MemoryLock()
     actors: Callable[[Any, float], None] | None = None
     if config.sim.residents:
-        par = {ln.lane: max(3, len(config.stock.get(ln.lane, []))) for ln in config.lanes}
-        shoppers = Shoppers(
-            sim,
-            config.lanes,
-            lock,
-            start_t=start_t,
-            mean_gap_s=config.sim.mean_gap_s,
-            seed=config.sim.seed,
-            par=par,
-        )
+        shoppers = Shoppers.for_config(sim, config, lock, start_t=start_t)
 
         def actors(cabinet: Any, now: float) -> None:
             with sim_lock:  # the board thread advances the same simulator

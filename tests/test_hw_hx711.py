@@ -35,7 +35,7 @@ from edge.hardware.registry import Hardware
 from edge.model import Calibration
 from firmware_mock.gpio import A64, A128, B32, Board, Hx711Chip, Setting, install, uninstall
 from firmware_mock.gpio import rpi as GPIO
-from firmware_mock.gpio.cabinet import sim_physics
+from firmware_mock.live import sim_physics
 from firmware_mock.simulator import SimulatedCabinet
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -679,6 +679,26 @@ class ModbusWeightSource:
 # ---------------------------------------------------------------- the backend
 
 
+def open_source(
+    port: str, settings: ModbusSettings, config: CabinetConfig, *, start_t: float
+) -> ModbusWeightSource:
+    """A started ``ModbusWeightSource`` on ``port`` as ``[hardware.modbus]`` describes it."""
+    return ModbusWeightSource(
+        port,
+        config.calibrations,
+        unit=settings.unit,
+        baud=settings.baud,
+        parity=settings.parity,
+        stopbits=settings.stopbits,
+        poll_hz=settings.poll_hz,
+        timeout_s=settings.timeout_s,
+        retries=settings.retries,
+        channels=settings.channels,
+        sample_rate_hz=config.sample_rate_hz,
+        start_t=start_t,
+    ).start()
+
+
 def create_hardware(config: CabinetConfig, *, start_t: float = 0.0) -> Hardware:
     """The ``modbus`` backend for the daemon (see ``edge.hardware.registry``)."""
     settings = parse_settings(config)
@@ -721,19 +741,6 @@ def _real_hardware(config: CabinetConfig, settings: ModbusSettings, *, start_t: 
             f"{config.source}: hardware.lock: create_door_lock gave no lock and door switch"
         )
     assert settings.port is not None  # parse_settings: required unless emulated
-    source = ModbusWeightSource(
-        settings.port,
-        config.calibrations,
-        unit=settings.unit,
-        baud=settings.baud,
-        parity=settings.parity,
-        stopbits=settings.stopbits,
-        poll_hz=settings.poll_hz,
-        timeout_s=settings.timeout_s,
-        retries=settings.retries,
-        channels=settings.channels,
-        sample_rate_hz=config.sample_rate_hz,
-        start_t=start_t,
-    ).start()
+    source = open_source(settings.port, settings, config, start_t=start_t)
     closers = [close] if callable(close) else []
     return Hardware(source=source, lock=lock, door=door, closers=closers)

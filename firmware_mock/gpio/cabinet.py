@@ -10,17 +10,14 @@ released the lock.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from edge.errors import ConfigError
 from edge.hardware.interfaces import MemoryLock
 from firmware_mock.gpio.board import HIGH, LOW, Board, Clock, LockRelay, ReedSwitch
 from firmware_mock.gpio.hx711chip import Fault, Hx711Chip
 from firmware_mock.gpio.load import LockedSim, ShelfLoad
-from firmware_mock.scenario import Physics
 from firmware_mock.simulator import SimulatedCabinet
 
 if TYPE_CHECKING:
@@ -69,27 +66,13 @@ class EmulatedCabinet:
         """The ``sim`` backend's shoppers (``firmware_mock.live.Shoppers``) on this cabinet."""
         from firmware_mock.live import Shoppers
 
-        par = {ln.lane: max(3, len(config.stock.get(ln.lane, []))) for ln in config.lanes}
-        shoppers = Shoppers(
+        shoppers = Shoppers.for_config(
             cast(SimulatedCabinet, self.shared),
-            config.lanes,
+            config,
             cast(MemoryLock, RelayView(self.relay)),
             start_t=start_t,
-            mean_gap_s=config.sim.mean_gap_s,
-            seed=config.sim.seed,
-            par=par,
         )
         return ShopperActor(shoppers, self.load, self.board)
-
-
-def sim_physics(config: CabinetConfig) -> Physics:
-    """``[hardware.sim.physics]`` over the defaults, at the cabinet's sample rate."""
-    known = set(Physics.__dataclass_fields__)
-    unknown = sorted(set(config.sim.physics) - known)
-    if unknown:
-        raise ConfigError(f"{config.source}: hardware.sim.physics.{unknown[0]}: unknown key")
-    overrides = {k: v for k, v in config.sim.physics.items() if k != "sample_rate_hz"}
-    return dataclasses.replace(Physics(), **overrides, sample_rate_hz=config.sample_rate_hz)
 
 
 def build_emulated_cabinet(
@@ -101,14 +84,9 @@ def build_emulated_cabinet(
     clock: Clock = time.monotonic,
 ) -> EmulatedCabinet:
     """The emulated board of ``config`` (pins from the validated ``[hardware.*]`` tables)."""
-    sim = SimulatedCabinet.live(
-        config.lanes,
-        config.stock,
-        sim_physics(config),
-        seed=config.sim.seed,
-        cabinet_id=config.cabinet_id,
-        calibrations=config.calibrations,
-    )
+    from firmware_mock.live import build_sim
+
+    sim = build_sim(config)
     board = Board(clock)
     load = ShelfLoad(sim, board.t0)
     shared = LockedSim(sim, load.mutex)
