@@ -26,7 +26,7 @@ from cloud_sync.config import BrokerSettings
 from cloud_sync.keys import generate_private_key, load_private_key, public_key_text
 from cloud_sync.keys import save_private_key as _save
 
-__all__ = ["Lab", "free_port"]
+__all__ = ["Lab", "free_port", "wait_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(port: int, timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -45,7 +45,7 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
                 return
         except OSError:
             time.sleep(0.02)
-    raise TimeoutError(f"mosquitto did not listen on port {port}")
+    raise TimeoutError(f"nothing listens on port {port}")
 
 
 class Lab:
@@ -96,7 +96,7 @@ class Lab:
         self.broker = subprocess.Popen(
             [self.binary, "-c", str(self.files.conf)], stdout=log, stderr=log
         )
-        _wait_port(self.port)
+        wait_port(self.port)
 
     def kill_broker(self) -> None:
         if self.broker is not None and self.broker.poll() is None:
@@ -132,8 +132,11 @@ class Lab:
     def spawn(self, args: Sequence[str], log: str) -> subprocess.Popen[bytes]:
         err = (self.root / log).open("ab")
         proc = subprocess.Popen(
-            [sys.executable, *args], env=self.env(), cwd=str(ROOT),
-            stdout=subprocess.PIPE, stderr=err,
+            [sys.executable, *args],
+            env=self.env(),
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            stderr=err,
         )
         self.procs.append(proc)
         return proc
@@ -146,11 +149,16 @@ class Lab:
     ) -> subprocess.Popen[bytes]:
         return self.spawn(
             [
-                "-m", "cloud_sync.simcab",
-                "--dir", str(self.cab_dir),
-                "--cabinets", ",".join(cabinets),
-                "--port", str(self.port),
-                "--secrets", str(self.files.directory / "secrets"),
+                "-m",
+                "cloud_sync.simcab",
+                "--dir",
+                str(self.cab_dir),
+                "--cabinets",
+                ",".join(cabinets),
+                "--port",
+                str(self.port),
+                "--secrets",
+                str(self.files.directory / "secrets"),
                 f"--backend-public-key={self.backend_public}",
                 *extra,
             ],

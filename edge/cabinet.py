@@ -331,10 +331,8 @@ class Cabinet:
             sigma = np.where(
                 missing | ~np.isfinite(sigma), s.level_sigma(self.tracker.noise), sigma
             )
-        if self.spec.sample_rate_hz < SLOW_SAMPLE_RATE_HZ:
-            # the baseline averages many windows: the measured spread shrinks with them
-            batch = self.tracker.batch_sigma() / self.tracker.baseline_gain()
-            sigma = np.maximum(sigma, np.where(np.isfinite(batch), batch, 0.0))
+        # the baseline averages many windows: the measured spread shrinks with them
+        sigma = self._slow_rate_floor(sigma, self.tracker.baseline_gain())
         for ln in self.lanes:
             col = self.lane_column[ln.lane]
             if math.isfinite(level[col]):
@@ -354,15 +352,13 @@ class Cabinet:
 
     def _finish(self, session: Session, s: WindowStats, *, unsettled: bool) -> None:
         t = s.t
-        # the uncertainty of each level: white noise, plus a third of the worst case of
-        # what is left of the ringing; sampled slowly, ringing aliases into slow swings
-        # the model misses, so there the spread of batch means inside the window counts
+        # the uncertainty of each level: white noise, plus a quarter of the worst case of
+        # what is left of the ringing (calibrated: scripts/bench_sigma.py), floored at
+        # low sample rates by what the window itself shows
         sigma_after = np.hypot(
             s.level_sigma(self.tracker.noise), self.tracker.ringing_bound(s) / 4.0
         )
-        if self.spec.sample_rate_hz < SLOW_SAMPLE_RATE_HZ:
-            batch = self.tracker.batch_sigma()
-            sigma_after = np.maximum(sigma_after, np.where(np.isfinite(batch), batch, 0.0))
+        sigma_after = self._slow_rate_floor(sigma_after, 1.0)
         after = s.mean
         readings: list[LaneReading] = []
         for ln in self.lanes:
@@ -486,6 +482,16 @@ class Cabinet:
             if abs(r.after_g - r.before_g) > max(self.policy.min_change_g, 3 * r.sigma_g)
         ]
         return _with_evidence(empty, evidence)
+
+    def _slow_rate_floor(self, sigma: FloatArray, averaging_gain: float) -> FloatArray:
+        """Sampled slowly, ringing aliases into slow swings the noise model misses: there
+        a level is never surer than the spread of batch means in the window shows
+        (narrowed by ``averaging_gain`` for levels averaged over many windows)."""
+        if self.spec.sample_rate_hz >= SLOW_SAMPLE_RATE_HZ:
+            return sigma
+        batch = self.tracker.batch_sigma() / averaging_gain
+        floored: FloatArray = np.maximum(sigma, np.where(np.isfinite(batch), batch, 0.0))
+        return floored
 
     def _gain_tolerance(self, session: Session, s: WindowStats) -> FloatArray:
         """Settling precision per channel: a lane that gained weight may hold produce put

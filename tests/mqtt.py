@@ -14,7 +14,6 @@ import getpass
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from cloud_sync.keys import (
     public_key_text,
     save_private_key,
 )
+from cloud_sync.lab import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,23 +46,6 @@ def mosquitto_or_skip() -> str:
             pytest.fail("mosquitto is not installed and FRESHBOX_REQUIRE_SERVICES is set")
         pytest.skip("mosquitto is not installed")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def child_env() -> dict[str, str]:
