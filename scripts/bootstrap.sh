@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv (if needed) and install freshbox into it with the given extras.
-# Sourced by the other scripts: `. scripts/bootstrap.sh dev`.
+# Sourced by the other scripts: `. scripts/bootstrap.sh dev` (always pass the argument, even
+# "": a sourced script without arguments sees its caller's, such as `--duration 60`).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 extras="${1:-}"

@@ -47,3 +47,19 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "freshbox_cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "sim" in out.stdout and "edge" in out.stdout
+
+
+def test_demo_script_passes_its_arguments_to_freshbox_not_to_the_installer() -> None:
+    """scripts/demo sources the bootstrap; without an explicit argument, bash hands the
+    sourced file the demo's own arguments and pip was asked for extras '--help'."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        ["bash", str(root / "scripts" / "demo"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage: freshbox demo" in out.stdout
