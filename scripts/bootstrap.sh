@@ -10,6 +10,15 @@ if [ ! -x "$repo/.venv/bin/python" ]; then
     "$python" -m venv "$repo/.venv"
 fi
 stamp="$repo/.venv/.installed-${extras:-base}"
+if [ -z "$extras" ]; then
+    # any install up to date with pyproject.toml (dev, say) includes the base package
+    for done_stamp in "$repo"/.venv/.installed-*; do
+        if [ -f "$done_stamp" ] && [ ! "$repo/pyproject.toml" -nt "$done_stamp" ]; then
+            stamp="$done_stamp"
+            break
+        fi
+    done
+fi
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
     "$repo/.venv/bin/python" -m pip install --quiet --upgrade pip
     if [ -n "$extras" ]; then
