@@ -23,7 +23,7 @@ from cloud_sync.canonical import canonical_bytes, parse_json
 from cloud_sync.config import BrokerSettings
 from cloud_sync.errors import MalformedMessage
 from cloud_sync.records import new_nonce, seal_command
-from cloud_sync.transport import new_client
+from cloud_sync.transport import connect_args, new_client
 
 __all__ = ["FINAL_STATUSES", "Commander"]
 
@@ -64,7 +64,7 @@ class Commander:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         self._client = client
-        client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        client.connect(self.broker.host, self.broker.port, **connect_args(self.broker))
         client.loop_start()
         if not self._ready.wait(timeout):
             self.stop()

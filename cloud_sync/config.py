@@ -118,6 +118,16 @@ class BrokerSettings:
     username: str | None = None
     password: str | None = None
     keepalive_s: int = 30
+    #: "5" (the default: shared subscriptions) or "3.1.1" (brokers without MQTT 5, such as
+    #: the embedded demo broker; every ingest process then receives every record)
+    mqtt_version: str = "5"
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.mqtt_version == "5"
+
+
+MQTT_VERSIONS: Final = ("5", "3.1.1")
 
 
 def _read_secret(r: TableReader, name: str) -> str:
@@ -133,7 +143,8 @@ def _read_secret(r: TableReader, name: str) -> str:
 
 def parse_broker(r: TableReader, *, default_username: str | None = None) -> BrokerSettings:
     """The broker keys of a table (``host``, ``port``, ``tls``, ``ca_file``, ``cert_file``,
-    ``key_file``, ``username``, ``password`` or ``password_file``, ``keepalive_s``)."""
+    ``key_file``, ``username``, ``password`` or ``password_file``, ``keepalive_s``,
+    ``mqtt_version``)."""
     host = r.str_("host")
     tls = r.bool_("tls", False)
     port = r.int_("port", 8883 if tls else 1883, minimum=1, maximum=65535)
@@ -161,6 +172,9 @@ def parse_broker(r: TableReader, *, default_username: str | None = None) -> Brok
     else:
         r.used.update(("password", "password_file"))
     keepalive = r.int_("keepalive_s", 30, minimum=5, maximum=65535)
+    version = r.str_("mqtt_version", "5")
+    if version not in MQTT_VERSIONS:
+        raise r.fail("mqtt_version", f"must be one of {', '.join(MQTT_VERSIONS)}, not {version!r}")
     return BrokerSettings(
         host=host,
         port=port,
@@ -171,6 +185,7 @@ def parse_broker(r: TableReader, *, default_username: str | None = None) -> Brok
         username=username,
         password=password,
         keepalive_s=keepalive,
+        mqtt_version=version,
     )
 
 

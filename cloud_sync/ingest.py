@@ -76,7 +76,7 @@ from cloud_sync.records import (
     seal_command,
     verified_record_bytes,
 )
-from cloud_sync.transport import new_client, public_key_spec
+from cloud_sync.transport import connect_args, new_client, public_key_spec
 
 __all__ = [
     "BackendConfig",
@@ -661,7 +661,7 @@ class Ingest:
         client.max_inflight_messages_set(1000)
         self._client = client
         b = self.config.broker
-        client.connect_async(b.host, b.port, keepalive=b.keepalive_s, clean_start=True)
+        client.connect_async(b.host, b.port, **connect_args(b))
         client.loop_start()
         worker = threading.Thread(target=self._work, name="ingest-worker", daemon=True)
         worker.start()
@@ -703,12 +703,10 @@ class Ingest:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
         g = self.config.group
-        client.subscribe(
-            [
-                (topics.shared(g, topics.cabinet_filter("sales")), 1),
-                (topics.shared(g, topics.cabinet_filter("events")), 1),
-            ]
-        )
+        filters = [topics.cabinet_filter("sales"), topics.cabinet_filter("events")]
+        if self.config.broker.mqtt5:
+            filters = [topics.shared(g, f) for f in filters]
+        client.subscribe([(f, 1) for f in filters])
         self._connected.set()
         log.info("ingest %s: connected, group %s", self.client_id, g)
 

@@ -45,14 +45,16 @@ SOFTWARE_VERSION: Final = _version()
 def new_client(
     settings: BrokerSettings, client_id: str, *, reconnect_on_failure: bool = False
 ) -> mqtt.Client:
-    """A paho client (VERSION2 callbacks, MQTT 5) with TLS and credentials configured.
+    """A paho client (VERSION2 callbacks, MQTT 5 or 3.1.1) with TLS and credentials configured.
 
-    Not connected: the caller sets callbacks and a will, then connects.
+    Not connected: the caller sets callbacks and a will, then connects with
+    ``**connect_args(settings)``.
     """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTv5,
+        protocol=mqtt.MQTTv5 if settings.mqtt5 else mqtt.MQTTv311,
+        clean_session=None if settings.mqtt5 else True,
         reconnect_on_failure=reconnect_on_failure,
     )
     if settings.tls:
@@ -70,6 +72,14 @@ def new_client(
         client.username_pw_set(settings.username, settings.password)
     client.on_socket_open = _no_delay
     return client
+
+
+def connect_args(settings: BrokerSettings) -> dict[str, Any]:
+    """Keyword arguments of ``connect``/``connect_async``: a clean start on either version."""
+    args: dict[str, Any] = {"keepalive": settings.keepalive_s}
+    if settings.mqtt5:
+        args["clean_start"] = True
+    return args
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

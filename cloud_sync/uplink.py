@@ -55,7 +55,7 @@ from cloud_sync.config import SyncSettings
 from cloud_sync.errors import MalformedMessage, SyncError
 from cloud_sync.nonces import NonceStore
 from cloud_sync.records import check_command, format_at, verify_ack, verify_command
-from cloud_sync.transport import SOFTWARE_VERSION, Backoff, new_client
+from cloud_sync.transport import SOFTWARE_VERSION, Backoff, connect_args, new_client
 
 __all__ = [
     "CallBridge",
@@ -376,7 +376,7 @@ class Uplink:
         self._session_ok = False
         self._refused_connack = None
         try:
-            client.connect(b.host, b.port, keepalive=b.keepalive_s, clean_start=True)
+            client.connect(b.host, b.port, **connect_args(b))
         except (OSError, ValueError) as exc:
             self.stats.connect_failures += 1
             log.warning("%s: cannot connect to %s:%d: %s", self.cabinet_id, b.host, b.port, exc)
