@@ -320,26 +320,41 @@ def _send(args: argparse.Namespace, name: str, cmd_args: dict[str, Any]) -> int:
 
 
 def ledger_verify_db(args: argparse.Namespace) -> int:
-    import sqlite3
+    from sqlalchemy import create_engine
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy import text as sql_text
 
-    from cloud_sync.errors import MalformedMessage
+    from cloud_sync.errors import MalformedMessage, SyncError
     from cloud_sync.keys import key_id, public_key_from_text
     from cloud_sync.records import parse_record, verify_chain
+    from cloud_sync.sqldb import database_url
 
-    path: Path = args.db
-    if not path.is_file():
+    path = str(args.db)
+    if "://" not in path and not Path(path).is_file():
         return _fail(f"{path}: no such ingest database", 2)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        enrolled = dict(conn.execute("SELECT cabinet, public_key FROM enrolment").fetchall())
+        url = database_url(path)
+    except SyncError as e:
+        return _fail(str(e), 2)
+    if url.get_backend_name() == "sqlite":  # read-only: never create or lock anything
+        url = url.set(database=f"file:{url.database}?mode=ro").update_query_dict({"uri": "true"})
+    engine = create_engine(url)
+    try:
+        conn = engine.connect()
+        enrolled = {
+            r[0]: r[1]
+            for r in conn.exec_driver_sql("SELECT cabinet, public_key FROM enrolment").fetchall()
+        }
         heads = {
             r[0]: (int(r[1]), r[2], bool(r[3]), r[4])
-            for r in conn.execute(
+            for r in conn.exec_driver_sql(
                 "SELECT cabinet, seq, hash, quarantined, quarantine_reason FROM heads"
             ).fetchall()
         }
-    except sqlite3.Error as exc:
-        return _fail(f"{path}: not an ingest database: {exc}", 2)
+    except sa_exc.SQLAlchemyError as e:
+        engine.dispose()
+        reason = getattr(e, "orig", None) or e
+        return _fail(f"{path}: not an ingest database: {reason}", 2)
     cabinets = sorted(set(enrolled) | set(heads))
     if args.cabinet is not None:
         cabinets = [c for c in cabinets if c == args.cabinet]
@@ -349,7 +364,8 @@ def ledger_verify_db(args: argparse.Namespace) -> int:
         problems: list[str] = []
         head_seq, head_hash, quarantined, why = heads.get(cab, (0, "0" * 64, False, None))
         rows = conn.execute(
-            "SELECT seq, record_json FROM records WHERE cabinet = ? ORDER BY seq", [cab]
+            sql_text("SELECT seq, record_json FROM records WHERE cabinet = :c ORDER BY seq"),
+            {"c": cab},
         ).fetchall()
         key_text = enrolled.get(cab)
         summary: dict[str, Any] = {"cabinet": cab, "records": len(rows), "head_seq": head_seq}
@@ -381,8 +397,9 @@ def ledger_verify_db(args: argparse.Namespace) -> int:
         summary["ok"] = not problems
         broken += bool(problems)
         results.append(summary)
-    alarms = int(conn.execute("SELECT count(*) FROM alarms").fetchone()[0])
+    alarms = int(conn.exec_driver_sql("SELECT count(*) FROM alarms").scalar_one())
     conn.close()
+    engine.dispose()
     if args.json:
         json.dump(
             {"db": str(path), "ok": broken == 0, "cabinets": results, "alarms": alarms}, sys.stdout

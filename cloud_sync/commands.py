@@ -79,9 +79,9 @@ def register(sub: Any) -> None:
     )
     verify.add_argument(
         "--db",
-        type=Path,
-        metavar="FILE",
-        help="instead of --file: an ingest database; every stored chain is checked with "
+        metavar="FILE|URL",
+        help="instead of --file: an ingest database (a SQLite file or a database URL such as "
+        "postgresql://host/db); every stored chain is checked with "
         "the enrolled keys (and a quarantined cabinet counts as broken)",
     )
     verify.add_argument(

@@ -36,19 +36,17 @@ stored_at)`` keyed by (cabinet, seq), ``held``, ``quarantine``, ``alarms``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -67,15 +65,16 @@ from cloud_sync.config import (
     parse_broker,
 )
 from cloud_sync.errors import MalformedMessage, SyncError
-from cloud_sync.keys import key_id, load_private_key, public_key_from_text, public_key_text
+from cloud_sync.ingest_db import GoodRecord, IngestDB, IngestStats, StoredHook
+from cloud_sync.keys import load_private_key, public_key_text
 from cloud_sync.records import (
-    ZERO_HASH,
     format_at,
     new_nonce,
     seal_ack,
     seal_command,
     verified_record_bytes,
 )
+from cloud_sync.sqldb import database_url
 from cloud_sync.transport import connect_args, new_client, public_key_spec
 
 __all__ = [
@@ -88,69 +87,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("freshbox.sync.ingest")
-
-SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS enrolment (
-        cabinet TEXT PRIMARY KEY,
-        public_key TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        enrolled_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS heads (
-        cabinet TEXT PRIMARY KEY,
-        seq INTEGER NOT NULL DEFAULT 0,
-        hash TEXT NOT NULL,
-        quarantined INTEGER NOT NULL DEFAULT 0 CHECK (quarantined IN (0, 1)),
-        quarantine_reason TEXT,
-        quarantined_at TEXT,
-        updated_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS records (
-        cabinet TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('sale', 'event')),
-        hash TEXT NOT NULL,
-        prev TEXT NOT NULL,
-        at TEXT NOT NULL,
-        record_json TEXT NOT NULL,
-        stored_at TEXT NOT NULL,
-        PRIMARY KEY (cabinet, seq)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS held (
-        cabinet TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        hash TEXT NOT NULL,
-        prev TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        at TEXT NOT NULL,
-        record_json TEXT NOT NULL,
-        received_at TEXT NOT NULL,
-        PRIMARY KEY (cabinet, seq, hash)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS quarantine (
-        id INTEGER PRIMARY KEY,
-        cabinet TEXT NOT NULL,
-        seq INTEGER,
-        hash TEXT,
-        reason TEXT NOT NULL,
-        record_json TEXT,
-        received_at TEXT NOT NULL,
-        UNIQUE (cabinet, seq, hash)
-    )""",
-    """CREATE TABLE IF NOT EXISTS alarms (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        cabinet TEXT,
-        seq INTEGER,
-        reason TEXT NOT NULL,
-        detail TEXT NOT NULL,
-        evidence TEXT,
-        fingerprint TEXT NOT NULL UNIQUE
-    )""",
-)
-
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -174,7 +110,7 @@ class BackendConfig:
     source: str
     broker: BrokerSettings
     signing_key: Path
-    db: Path
+    db: str  # a file path or a database URL (cloud_sync.sqldb)
     group: str = "ingest"
     batch_max: int = 500
     resend_after_s: float = 2.0
@@ -197,7 +133,11 @@ def load_backend_config(path: Path | str) -> BackendConfig:
         raise backend.fail("signing_key", f"{signing_key}: no such key file")
     backend.done()
     ing = top.sub("ingest")
-    db = Path(ing.str_("db", "var/ingest.db"))
+    db = ing.str_("db", "var/ingest.db")
+    try:
+        database_url(db)
+    except SyncError as exc:
+        raise ing.fail("db", str(exc)) from None
     group = ing.str_("group", "ingest")
     try:
         topics.shared(group, "x")
@@ -246,38 +186,6 @@ def load_backend_config(path: Path | str) -> BackendConfig:
     )
 
 
-# ------------------------------------------------------------------------ the database
-
-
-@dataclass(slots=True)
-class IngestStats:
-    """What one ingest process did (since it started)."""
-
-    received: int = 0
-    stored: int = 0
-    duplicates: int = 0
-    held: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    quarantined: int = 0
-    acks: int = 0
-    resends: int = 0
-    batches: int = 0
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Good:
-    cabinet: str
-    seq: int
-    kind: str
-    at: str
-    prev: str
-    hash: str
-    text: str
-
-
 @dataclass(frozen=True, slots=True)
 class _Bad:
     cabinet: str | None
@@ -286,335 +194,6 @@ class _Bad:
     detail: str
     evidence: bytes
     hold: bool = False  # kept in quarantine (unknown cabinet)
-
-
-class IngestDB:
-    """The ingest's SQLite database (WAL, ``synchronous=FULL``); see the module docstring."""
-
-    def __init__(self, path: Path | str, *, now: Callable[[], datetime] = _utcnow) -> None:
-        self.path = Path(path)
-        self._now = now
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(
-            str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        with self.transaction() as c:
-            for statement in _SCHEMA:
-                c.execute(statement)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def iso(self) -> str:
-        return format_at(self._now())
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any error)."""
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
-
-    # ------------------------------------------------------------ enrolment
-
-    def enrol(self, cabinet: str, public_key: str) -> bool:
-        """Enrol a cabinet's key; True if new. Another key for an enrolled cabinet is refused."""
-        topics.validate_cabinet_id(cabinet)
-        key = public_key_from_text(public_key)
-        with self.transaction() as c:
-            row = c.execute(
-                "SELECT public_key FROM enrolment WHERE cabinet = ?", [cabinet]
-            ).fetchone()
-            if row is not None:
-                if row[0] != public_key:
-                    old = key_id(public_key_from_text(row[0]))
-                    raise SyncConfigError(
-                        f"cabinet {cabinet} is enrolled with key {old}, not {key_id(key)}: "
-                        "re-keying a cabinet is not supported"
-                    )
-                return False
-            c.execute(
-                "INSERT INTO enrolment (cabinet, public_key, key_id, enrolled_at)"
-                " VALUES (?, ?, ?, ?)",
-                [cabinet, public_key, key_id(key), self.iso()],
-            )
-            return True
-
-    def enrolled(self) -> dict[str, Ed25519PublicKey]:
-        rows = self.conn.execute("SELECT cabinet, public_key FROM enrolment").fetchall()
-        return {r[0]: public_key_from_text(r[1]) for r in rows}
-
-    # ------------------------------------------------------------ reads
-
-    def head(self, cabinet: str) -> tuple[int, str, bool]:
-        row = self.conn.execute(
-            "SELECT seq, hash, quarantined FROM heads WHERE cabinet = ?", [cabinet]
-        ).fetchone()
-        return (0, ZERO_HASH, False) if row is None else (int(row[0]), row[1], bool(row[2]))
-
-    def records(self, cabinet: str) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT record_json FROM records WHERE cabinet = ? ORDER BY seq", [cabinet]
-        ).fetchall()
-        return [r[0] for r in rows]
-
-    def counts(self) -> dict[str, int]:
-        c = self.conn
-        return {
-            "records": int(c.execute("SELECT count(*) FROM records").fetchone()[0]),
-            "held": int(c.execute("SELECT count(*) FROM held").fetchone()[0]),
-            "quarantine": int(c.execute("SELECT count(*) FROM quarantine").fetchone()[0]),
-            "alarms": int(c.execute("SELECT count(*) FROM alarms").fetchone()[0]),
-            "cabinets": int(c.execute("SELECT count(*) FROM enrolment").fetchone()[0]),
-        }
-
-    def alarms(self) -> list[dict[str, Any]]:
-        cur = self.conn.execute(
-            "SELECT id, at, cabinet, seq, reason, detail FROM alarms ORDER BY id"
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-
-    def gaps(self) -> list[tuple[str, int, int, str]]:
-        """``(cabinet, head seq, lowest held seq, oldest held received_at)`` of open gaps."""
-        rows = self.conn.execute(
-            "SELECT h.cabinet, h.seq, min(x.seq), min(x.received_at) FROM heads h"
-            " JOIN held x ON x.cabinet = h.cabinet WHERE h.quarantined = 0"
-            " GROUP BY h.cabinet"
-        ).fetchall()
-        return [(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
-
-    # ------------------------------------------------------------ writes
-
-    def alarm(
-        self,
-        c: sqlite3.Connection,
-        cabinet: str | None,
-        seq: int | None,
-        reason: str,
-        detail: str,
-        evidence: bytes = b"",
-    ) -> None:
-        fingerprint = hashlib.sha256(
-            f"{cabinet}\0{seq}\0{reason}\0".encode() + evidence
-        ).hexdigest()[:32]
-        c.execute(
-            "INSERT OR IGNORE INTO alarms (at, cabinet, seq, reason, detail, evidence, fingerprint)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                self.iso(),
-                cabinet,
-                seq,
-                reason,
-                detail[:500],
-                evidence[:4096].decode("utf-8", "replace"),
-                fingerprint,
-            ],
-        )
-
-    def apply(
-        self, c: sqlite3.Connection, cabinet: str, recs: Sequence[_Good], stats: IngestStats
-    ) -> tuple[int, str]:
-        """Store one cabinet's records of a batch (inside the caller's transaction)."""
-        now = self.iso()
-        row = c.execute(
-            "SELECT seq, hash, quarantined FROM heads WHERE cabinet = ?", [cabinet]
-        ).fetchone()
-        if row is None:
-            c.execute(
-                "INSERT INTO heads (cabinet, seq, hash, updated_at) VALUES (?, 0, ?, ?)",
-                [cabinet, ZERO_HASH, now],
-            )
-            head_seq, head_hash, quarantined = 0, ZERO_HASH, False
-        else:
-            head_seq, head_hash, quarantined = int(row[0]), row[1], bool(row[2])
-        start_seq = head_seq
-        for r in sorted(recs, key=lambda g: g.seq):
-            if r.seq <= head_seq:
-                stored = c.execute(
-                    "SELECT hash FROM records WHERE cabinet = ? AND seq = ?", [cabinet, r.seq]
-                ).fetchone()
-                if stored is not None and stored[0] == r.hash:
-                    stats.duplicates += 1
-                    continue
-                if not quarantined:
-                    other_hash = "none" if stored is None else str(stored[0])[:16]
-                    detail = f"seq {r.seq} already stored with hash {other_hash}..."
-                    self._quarantine(c, cabinet, r, "conflicting_duplicate", detail, stats)
-                    quarantined = True
-                else:
-                    self._park(c, r, "conflicting_duplicate")
-                continue
-            if quarantined:
-                self._park(c, r, "after_fork")
-                continue
-            if r.seq == head_seq + 1:
-                if r.prev != head_hash:
-                    self._quarantine(
-                        c,
-                        cabinet,
-                        r,
-                        "prev_mismatch",
-                        f"seq {r.seq} prev {r.prev[:16]}... is not the hash "
-                        f"{head_hash[:16]}... of seq {head_seq}",
-                        stats,
-                    )
-                    quarantined = True
-                    continue
-                other = c.execute(
-                    "SELECT hash FROM held WHERE cabinet = ? AND seq = ? AND hash != ?",
-                    [cabinet, r.seq, r.hash],
-                ).fetchone()
-                if other is not None:
-                    self._quarantine(
-                        c,
-                        cabinet,
-                        r,
-                        "conflicting_duplicate",
-                        f"two records with seq {r.seq}",
-                        stats,
-                    )
-                    quarantined = True
-                    continue
-                self._store(c, r, now)
-                stats.stored += 1
-                head_seq, head_hash = r.seq, r.hash
-                continue
-            other = c.execute(
-                "SELECT hash FROM held WHERE cabinet = ? AND seq = ? AND hash != ?",
-                [cabinet, r.seq, r.hash],
-            ).fetchone()
-            if other is not None:
-                self._quarantine(
-                    c, cabinet, r, "conflicting_duplicate", f"two records with seq {r.seq}", stats
-                )
-                quarantined = True
-                continue
-            cur = c.execute(
-                "INSERT OR IGNORE INTO held (cabinet, seq, hash, prev, kind, at, record_json,"
-                " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [cabinet, r.seq, r.hash, r.prev, r.kind, r.at, r.text, now],
-            )
-            if cur.rowcount:
-                stats.held += 1
-            else:
-                stats.duplicates += 1
-        # records held earlier (perhaps by another ingest process) that now follow the head
-        while not quarantined:
-            nxt = c.execute(
-                "SELECT seq, hash, prev, kind, at, record_json FROM held"
-                " WHERE cabinet = ? AND seq <= ? ORDER BY seq",
-                [cabinet, head_seq + 1],
-            ).fetchall()
-            if not nxt:
-                break
-            progressed = False
-            for seq, h, prev, kind, at, text in nxt:
-                g = _Good(cabinet, int(seq), kind, at, prev, h, text)
-                if g.seq <= head_seq:
-                    stored = c.execute(
-                        "SELECT hash FROM records WHERE cabinet = ? AND seq = ?", [cabinet, g.seq]
-                    ).fetchone()
-                    if stored is None or stored[0] != g.hash:
-                        self._quarantine(
-                            c,
-                            cabinet,
-                            g,
-                            "conflicting_duplicate",
-                            f"two records with seq {g.seq}",
-                            stats,
-                        )
-                        quarantined = True
-                        break
-                    c.execute(
-                        "DELETE FROM held WHERE cabinet = ? AND seq = ? AND hash = ?",
-                        [cabinet, g.seq, g.hash],
-                    )
-                    continue
-                if g.prev != head_hash:
-                    self._quarantine(
-                        c,
-                        cabinet,
-                        g,
-                        "prev_mismatch",
-                        f"seq {g.seq} prev {g.prev[:16]}... is not the hash "
-                        f"{head_hash[:16]}... of seq {head_seq}",
-                        stats,
-                    )
-                    quarantined = True
-                    break
-                self._store(c, g, now)
-                c.execute(
-                    "DELETE FROM held WHERE cabinet = ? AND seq = ? AND hash = ?",
-                    [cabinet, g.seq, g.hash],
-                )
-                stats.stored += 1
-                head_seq, head_hash = g.seq, g.hash
-                progressed = True
-            if not progressed:
-                break
-        if head_seq != start_seq:
-            c.execute(
-                "UPDATE heads SET seq = ?, hash = ?, updated_at = ? WHERE cabinet = ?",
-                [head_seq, head_hash, now, cabinet],
-            )
-        return head_seq, head_hash
-
-    def _store(self, c: sqlite3.Connection, r: _Good, now: str) -> None:
-        c.execute(
-            "INSERT INTO records (cabinet, seq, kind, hash, prev, at, record_json, stored_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [r.cabinet, r.seq, r.kind, r.hash, r.prev, r.at, r.text, now],
-        )
-
-    def _park(self, c: sqlite3.Connection, r: _Good, reason: str) -> None:
-        c.execute(
-            "INSERT OR IGNORE INTO quarantine (cabinet, seq, hash, reason, record_json,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [r.cabinet, r.seq, r.hash, reason, r.text, self.iso()],
-        )
-
-    def _quarantine(
-        self,
-        c: sqlite3.Connection,
-        cabinet: str,
-        r: _Good,
-        reason: str,
-        detail: str,
-        stats: IngestStats,
-    ) -> None:
-        now = self.iso()
-        self._park(c, r, reason)
-        c.execute(
-            "INSERT OR IGNORE INTO quarantine (cabinet, seq, hash, reason, record_json,"
-            " received_at) SELECT cabinet, seq, hash, 'after_fork', record_json, ?"
-            " FROM held WHERE cabinet = ?",
-            [now, cabinet],
-        )
-        c.execute("DELETE FROM held WHERE cabinet = ?", [cabinet])
-        c.execute(
-            "UPDATE heads SET quarantined = 1, quarantine_reason = ?, quarantined_at = ?"
-            " WHERE cabinet = ?",
-            [f"{reason}: {detail}", now, cabinet],
-        )
-        self.alarm(
-            c,
-            cabinet,
-            r.seq,
-            reason,
-            f"cabinet {cabinet} quarantined: {detail}",
-            r.text.encode("utf-8"),
-        )
-        stats.quarantined += 1
-        log.error("cabinet %s quarantined at seq %d: %s: %s", cabinet, r.seq, reason, detail)
 
 
 # ------------------------------------------------------------------------ the process
@@ -629,12 +208,19 @@ class Ingest:
         *,
         wall: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
+        db: IngestDB | None = None,
+        on_stored: StoredHook | None = None,
     ) -> None:
+        """``db`` defaults to ``config.db`` (a path or URL); ``on_stored`` runs inside the
+        storing transaction for every record that joins a chain (the backend applies
+        sales there, so a charge commits with its record or not at all)."""
         self.config = config
         self.wall = wall
         self.clock = clock
         self.backend_key: Ed25519PrivateKey = load_private_key(config.signing_key)
-        self.db = IngestDB(config.db, now=wall)
+        self.db = db if db is not None else IngestDB(config.db, now=wall, on_stored=on_stored)
+        if db is not None and on_stored is not None:
+            db.on_stored = on_stored
         for cab in config.cabinets:
             self.db.enrol(cab.cabinet, cab.public_key)
         self._keys = self.db.enrolled()
@@ -753,7 +339,7 @@ class Ingest:
             key = self._keys.get(cabinet)
         return key
 
-    def verify(self, topic: str, payload: bytes) -> _Good | _Bad:
+    def verify(self, topic: str, payload: bytes) -> GoodRecord | _Bad:
         """Step 1 for one message: a verified record, or why it is rejected."""
         try:
             scope, cab, name = topics.parse_topic(topic)
@@ -792,7 +378,7 @@ class Ingest:
             return _Bad(cab, seq, "malformed", str(exc), payload)
         except SyncError as exc:
             return _Bad(cab, seq, exc.reason, str(exc), payload)
-        return _Good(
+        return GoodRecord(
             cab, seq, rec["kind"], rec["at"], rec["prev"], sha256_hex(data), data.decode("utf-8")
         )
 
@@ -800,11 +386,11 @@ class Ingest:
         """Verify, store and ack one batch; returns the new head of each cabinet touched."""
         self.stats.received += len(batch)
         self.stats.batches += 1
-        good: dict[str, list[_Good]] = {}
+        good: dict[str, list[GoodRecord]] = {}
         bad: list[_Bad] = []
         for topic, payload in batch:
             v = self.verify(topic, payload)
-            if isinstance(v, _Good):
+            if isinstance(v, GoodRecord):
                 good.setdefault(v.cabinet, []).append(v)
             else:
                 bad.append(v)
@@ -815,8 +401,8 @@ class Ingest:
                 self.db.alarm(c, b.cabinet, b.seq, b.reason, b.detail, b.evidence)
                 if b.hold and b.cabinet is not None:
                     c.execute(
-                        "INSERT OR IGNORE INTO quarantine (cabinet, seq, hash, reason, record_json,"
-                        " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO quarantine (cabinet, seq, hash, reason, record_json,"
+                        " received_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         [
                             b.cabinet,
                             b.seq,

@@ -30,6 +30,9 @@ class SimHardware:
     seed: int = 7
     residents: bool = True  # simulated residents shop now and then
     mean_gap_s: float = 20.0  # mean time between two simulated shoppers (s)
+    #: a simulated resident answers every unlock the cabinet did not start itself (a remote
+    #: unlock from the backend): opens the door, takes 1-3 items and closes it
+    answer_unlocks: bool = False
     physics: dict[str, float] = field(default_factory=dict)  # overrides of scenario physics
 
 
@@ -124,6 +127,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> CabinetCon
         seed=simr.int_("seed", 7),
         residents=simr.bool_("residents", True),
         mean_gap_s=simr.num("mean_gap_s", 20.0, positive=True),
+        answer_unlocks=simr.bool_("answer_unlocks", False),
         physics=physics,
     )
     simr.done()

@@ -53,9 +53,7 @@ def _check_exactly_once(community: Community, target: int) -> None:
         for cab, n in issued.items():
             seqs = [
                 int(r[0])
-                for r in db.conn.execute(
-                    "SELECT seq FROM records WHERE cabinet = ? ORDER BY seq", [cab]
-                )
+                for r in db.query("SELECT seq FROM records WHERE cabinet = ? ORDER BY seq", [cab])
             ]
             assert seqs == list(range(1, n + 1)), f"{cab}: stored {len(seqs)} of {n}"
             assert db.head(cab)[0] == n and not db.head(cab)[2]

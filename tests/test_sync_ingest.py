@@ -7,11 +7,13 @@ rejected or quarantined; gaps are held and trigger a signed ``resend``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pg import postgres_schema
 
 from cloud_sync import topics
 from cloud_sync.canonical import canonical_bytes
@@ -54,15 +56,25 @@ def keys() -> dict[str, Any]:
     return {CAB: generate_private_key(), OTHER: generate_private_key()}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The chain store on a SQLite file and on a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "ingest.db")
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
 @pytest.fixture
-def ingest(tmp_path: Path, keys: dict[str, Any]) -> Any:
+def ingest(tmp_path: Path, keys: dict[str, Any], database: str) -> Any:
     backend = generate_private_key()
     save_private_key(backend, tmp_path / "backend.key")
     config = BackendConfig(
         source="test",
         broker=BrokerSettings("127.0.0.1", 1),
         signing_key=tmp_path / "backend.key",
-        db=tmp_path / "ingest.db",
+        db=database,
         resend_after_s=0.0,
         resend_interval_s=0.0,
         cabinets=tuple(Enrolled(c, public_key_text(k)) for c, k in keys.items()),
@@ -159,8 +171,8 @@ def test_malformed_misrouted_and_unknown(ingest: Any, keys: dict[str, Any]) -> N
         "unknown_cabinet": 1,
     }
     assert stored(ingest) == [] and stored(ingest, OTHER) == []
-    quarantined = ingest.db.conn.execute("SELECT cabinet, reason FROM quarantine").fetchall()
-    assert quarantined == [("cab-nobody", "unknown_cabinet")]
+    quarantined = ingest.db.query("SELECT cabinet, reason FROM quarantine")
+    assert [tuple(r) for r in quarantined] == [("cab-nobody", "unknown_cabinet")]
 
 
 @pytest.mark.parametrize("where", ["stored", "held"])
@@ -180,7 +192,7 @@ def test_fork_quarantines_the_cabinet(ingest: Any, keys: dict[str, Any], where: 
     ingest.process([msg(r) for r in recs[3:]])  # later records are quarantined, not stored
     assert stored(ingest) == [1, 2, 3]
     assert max(acks(ingest)) == 3
-    reasons = {r[0] for r in ingest.db.conn.execute("SELECT reason FROM quarantine")}
+    reasons = {r[0] for r in ingest.db.query("SELECT reason FROM quarantine")}
     assert "after_fork" in reasons
     # other cabinets are unaffected
     ingest.process([msg(r) for r in chain(keys[OTHER], 2, cab=OTHER)])
@@ -206,10 +218,10 @@ def test_ledger_verify_db(
     out = capsys.readouterr().out
     assert "chains verified 2/2" in out
     # tamper with a stored record behind the ingest's back
-    row = ingest.db.conn.execute(
+    row = ingest.db.query(
         "SELECT record_json FROM records WHERE cabinet = ? AND seq = 2", [CAB]
-    ).fetchone()[0]
-    ingest.db.conn.execute(
+    )[0][0]
+    ingest.db.execute(
         "UPDATE records SET record_json = ? WHERE cabinet = ? AND seq = 2",
         [row.replace('"n":2', '"n":3'), CAB],
     )
