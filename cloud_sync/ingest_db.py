@@ -208,12 +208,14 @@ class IngestDB:
         *,
         now: Callable[[], datetime] = _utcnow,
         on_stored: StoredHook | None = None,
+        on_commit: Callable[[bool], None] | None = None,
     ) -> None:
         self.engine = target if isinstance(target, Engine) else make_engine(target)
         self._own_engine = not isinstance(target, Engine)
         self.pg = is_postgres(self.engine)
         self._now = now
         self.on_stored = on_stored
+        self.on_commit = on_commit  # after each write transaction: True committed, False not
         with self.engine.begin() as conn:
             create_v1(conn)
 
@@ -228,10 +230,16 @@ class IngestDB:
     def transaction(self) -> Iterator[Tx]:
         """One writer at a time: ``BEGIN IMMEDIATE`` on SQLite, a ``heads`` table lock on
         PostgreSQL; committed at the end, rolled back on any error."""
-        with self.engine.connect() as conn, conn.begin():
-            if self.pg:
-                conn.exec_driver_sql("LOCK TABLE heads IN SHARE ROW EXCLUSIVE MODE")
-            yield Tx(conn, self.pg)
+        ok = False
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                if self.pg:
+                    conn.exec_driver_sql("LOCK TABLE heads IN SHARE ROW EXCLUSIVE MODE")
+                yield Tx(conn, self.pg)
+            ok = True
+        finally:
+            if self.on_commit is not None:
+                self.on_commit(ok)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of one read statement (``?`` placeholders)."""

@@ -214,7 +214,7 @@ class Shoppers:
             "operator" if session.role == "operator" else "resident"
         )
         t = now + rng.uniform(0.5, 1.5)
-        low = [ln for ln in self.lanes if len(self.sim.shelf_g(ln.lane)) < self.par[ln.lane]]
+        low = [ln for ln in self.lanes if len(self.sim.shelf_g(ln.lane)) < self.par.get(ln.lane, 4)]
         if role == "operator" and low:
             visit = self._restock_visit(t - 1.0, low, rng, tracked_gap_s=self.TRACKED_GAP_S)
             visit.kind = "answer"

@@ -178,3 +178,20 @@ def test_operator_restocks_a_lane_that_runs_low(tmp_path: Path, loops: list[Loop
     assert len(loop.cabinet.tracked_stock[3]) == 3  # the new boxes were recorded one by one
     loop.run_until(loop.t + 15.0)
     assert len(loop.results) == 1  # nothing low any more: no second visit
+
+
+def test_remote_operator_unlock_is_answered_without_a_sale(
+    tmp_path: Path, loops: list[Loop]
+) -> None:
+    loop = Loop(make_config(tmp_path / "cab.db", residents=False, answer_unlocks=True))
+    loops.append(loop)
+    loop.run_until(3.0)
+    before = {ln.lane: len(loop.hw.actors.sim.shelf_g(ln.lane)) for ln in loop.cabinet.lanes}
+    assert loop.cabinet.unlock(loop.t, "op-7", "operator") is not None  # the restock command
+    loop.run_until(40.0, stop_after_sessions=1)
+    assert len(loop.results) == 1
+    record = loop.results[0].record
+    assert (record["resident"], record["role"], record["total_fen"]) == ("op-7", "operator", 0)
+    assert record["opened_at"] is not None and "unlock_unused" not in record["flags"]
+    after = {ln.lane: len(loop.hw.actors.sim.shelf_g(ln.lane)) for ln in loop.cabinet.lanes}
+    assert after == before  # every lane was at par: nothing to add, nothing taken

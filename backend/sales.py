@@ -1,0 +1,296 @@
+"""Cabinet records become sales, wallet charges and alarms, exactly once.
+
+``RecordApplier`` is the ingest's storing hook: it runs inside the transaction that
+stores a verified, chained record, so the record, its sale, the resident's charge and
+the alarms it raises commit together or not at all; a redelivered record is never
+stored twice by the ingest and so never charged twice (and the wallet's unique ``ref``
+would refuse a second charge anyway). Live events for browsers are buffered and sent
+only after the commit.
+
+Billing policy: a resident is charged the cabinet's ``total_fen``; a sale flagged
+``needs_review`` is charged (the cabinet already billed the lower plausible count) and
+waits for an operator, who confirms it or refunds it; an operator's session is never
+charged. A negative balance is allowed (the charge is never lost) and blocks the next
+unlock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from backend import schema as t
+from backend import wallet
+from backend.bus import EventBus
+from backend.clock import Clock
+from cloud_sync.ingest_db import GoodRecord, Tx
+
+__all__ = ["ALARM_FLAGS", "RecordApplier", "alarm", "receipt"]
+
+log = logging.getLogger("freshbox.backend.sales")
+
+#: sale flags that raise an operator alarm
+ALARM_FLAGS = ("needs_review", "misplaced_return", "foreign_object", "recovered")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    channel: str
+    event: dict[str, Any]
+
+
+def alarm(
+    conn: Connection,
+    cabinet_id: str,
+    kind: str,
+    severity: str,
+    at: str,
+    dedupe: str,
+    *,
+    session_id: str | None = None,
+    seq: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Raise an alarm once per ``dedupe`` key; True if it is new."""
+    seen = conn.execute(
+        select(t.cabinet_alarms.c.id).where(t.cabinet_alarms.c.dedupe == dedupe)
+    ).first()
+    if seen is not None:
+        return False
+    conn.execute(
+        insert(t.cabinet_alarms).values(
+            cabinet_id=cabinet_id,
+            kind=kind,
+            severity=severity,
+            at=at,
+            session_id=session_id,
+            seq=seq,
+            detail_json=json.dumps(detail or {}, sort_keys=True),
+            dedupe=dedupe[:160],
+        )
+    )
+    return True
+
+
+def receipt(row: Any, names: dict[int, str] | None = None) -> dict[str, Any]:
+    """A sale row as the receipt a resident sees (and the API returns)."""
+    names = names or {}
+    lines = json.loads(row.lines_json)
+    for ln in lines:
+        ln.setdefault("name", names.get(int(ln.get("lane", 0)), ln.get("sku")))
+    return {
+        "cabinet_id": row.cabinet_id,
+        "seq": int(row.seq),
+        "session_id": row.session_id,
+        "at": row.at,
+        "lines": lines,
+        "total_fen": int(row.total_fen),
+        "charged_fen": int(row.charged_fen),
+        "refunded_fen": int(row.refunded_fen),
+        "flags": json.loads(row.flags_json),
+        "evidence": json.loads(row.evidence_json),
+        "record_hash": row.record_hash,
+        "verified": bool(row.verified),
+        "review": row.review,
+    }
+
+
+class RecordApplier:
+    """The ingest hook (see the module docstring); ``publish`` gets events after commit."""
+
+    def __init__(self, clock: Clock, bus: EventBus | None = None) -> None:
+        self.clock = clock
+        self.bus = bus
+        self._local = threading.local()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def _pending(self) -> list[_Pending]:
+        p: list[_Pending] | None = getattr(self._local, "pending", None)
+        if p is None:
+            p = []
+            self._local.pending = p
+        return p
+
+    # ---------------------------------------------------------------- hook
+
+    def __call__(self, tx: Tx, rec: GoodRecord) -> None:
+        conn = tx.conn
+        try:
+            doc = json.loads(rec.text)
+        except ValueError:  # the ingest verified it: cannot happen
+            log.error("record %s/%d is not JSON", rec.cabinet, rec.seq)
+            return
+        body = doc.get("body", {})
+        if rec.kind == "sale":
+            self._sale(conn, rec, body)
+        else:
+            self._event(conn, rec, body)
+
+    def committed(self, ok: bool) -> None:
+        """After the storing transaction: send the buffered events (or drop them)."""
+        pending = self._pending()
+        events = list(pending)
+        pending.clear()
+        if not ok:
+            return
+        for p in events:
+            if self.bus is not None:
+                self.bus.publish(p.channel, p.event)
+            for listener in self.listeners:
+                listener(p.channel, p.event)
+
+    # ---------------------------------------------------------------- sales
+
+    def _operator_of(self, conn: Connection, cabinet_id: str) -> str | None:
+        row = conn.execute(
+            select(t.cabinets.c.operator_id).where(t.cabinets.c.id == cabinet_id)
+        ).first()
+        return None if row is None else str(row.operator_id)
+
+    def _sale(self, conn: Connection, rec: GoodRecord, body: dict[str, Any]) -> None:
+        now = self.clock.now()
+        resident = str(body.get("resident", ""))
+        role = str(body.get("role", "resident"))
+        total = int(body.get("total_fen", 0))
+        flags = [str(f) for f in body.get("flags", [])]
+        lines = list(body.get("lines", []))
+        user = conn.execute(select(t.users.c.id).where(t.users.c.resident_code == resident)).first()
+        user_id = None if user is None else int(user.id)
+        charge = total if (role == "resident" and user_id is not None and total > 0) else 0
+        conn.execute(
+            insert(t.sales).values(
+                cabinet_id=rec.cabinet,
+                seq=rec.seq,
+                session_id=str(body.get("session_id", "")),
+                resident_code=resident,
+                user_id=user_id,
+                role=role,
+                total_fen=total,
+                charged_fen=charge,
+                flags_json=json.dumps(flags),
+                lines_json=json.dumps(lines, sort_keys=True),
+                evidence_json=json.dumps(body.get("evidence", []), sort_keys=True),
+                record_hash=rec.hash,
+                verified=True,
+                at=rec.at,
+                review="pending" if "needs_review" in flags else "none",
+                stored_at=self.clock.iso(),
+            )
+        )
+        for i, ln in enumerate(lines):
+            conn.execute(
+                insert(t.sale_lines).values(
+                    cabinet_id=rec.cabinet,
+                    seq=rec.seq,
+                    line_no=i,
+                    lane=int(ln.get("lane", 0)),
+                    sku=str(ln.get("sku", "")),
+                    qty=ln.get("qty"),
+                    weight_g=float(ln.get("weight_g", 0.0)),
+                    amount_fen=int(ln.get("amount_fen", 0)),
+                    at=rec.at,
+                )
+            )
+        if charge:
+            assert user_id is not None
+            wallet.post(
+                conn,
+                user_id,
+                "charge",
+                -charge,
+                f"charge:{rec.cabinet}:{rec.seq}",
+                now,
+                note=f"cabinet {rec.cabinet} sale {rec.seq}",
+            )
+        elif role == "resident" and user_id is None and total > 0:
+            alarm(
+                conn,
+                rec.cabinet,
+                "unknown_resident",
+                "warning",
+                rec.at,
+                f"{rec.cabinet}:{rec.seq}:unknown_resident",
+                seq=rec.seq,
+                detail={"resident": resident, "total_fen": total},
+            )
+        session_id = str(body.get("session_id", ""))
+        status = "door_never_opened" if "unlock_unused" in flags else "billed"
+        conn.execute(
+            update(t.unlocks)
+            .where(t.unlocks.c.cabinet_id == rec.cabinet, t.unlocks.c.session_id == session_id)
+            .values(status=status, sale_seq=rec.seq)
+        )
+        operator_id = self._operator_of(conn, rec.cabinet)
+        for flag in flags:
+            if flag in ALARM_FLAGS:
+                alarm(
+                    conn,
+                    rec.cabinet,
+                    flag,
+                    "warning",
+                    rec.at,
+                    f"{rec.cabinet}:{rec.seq}:{flag}",
+                    session_id=session_id,
+                    seq=rec.seq,
+                    detail={"total_fen": total},
+                )
+        row = conn.execute(
+            select(t.sales).where(t.sales.c.cabinet_id == rec.cabinet, t.sales.c.seq == rec.seq)
+        ).one()
+        names = {
+            int(r.lane): r.name
+            for r in conn.execute(
+                select(t.lanes.c.lane, t.lanes.c.name).where(t.lanes.c.cabinet_id == rec.cabinet)
+            )
+        }
+        doc = receipt(row, names)
+        if user_id is not None:
+            doc["balance_fen"] = wallet.balance(conn, user_id)
+            self._pending().append(_Pending(f"user:{user_id}", {"type": "receipt", **doc}))
+        if operator_id is not None:
+            self._pending().append(
+                _Pending(
+                    f"operator:{operator_id}",
+                    {
+                        "type": "sale",
+                        "cabinet_id": rec.cabinet,
+                        "seq": rec.seq,
+                        "total_fen": total,
+                        "flags": flags,
+                    },
+                )
+            )
+
+    # ---------------------------------------------------------------- events
+
+    def _event(self, conn: Connection, rec: GoodRecord, body: dict[str, Any]) -> None:
+        severity = str(body.get("severity", "info"))
+        kind = str(body.get("type", "event"))
+        if severity == "info":
+            return
+        new = alarm(
+            conn,
+            rec.cabinet,
+            kind,
+            severity,
+            rec.at,
+            f"{rec.cabinet}:{rec.seq}:{kind}",
+            session_id=body.get("session_id"),
+            seq=rec.seq,
+            detail=body.get("data") if isinstance(body.get("data"), dict) else {},
+        )
+        operator_id = self._operator_of(conn, rec.cabinet)
+        if new and operator_id is not None:
+            self._pending().append(
+                _Pending(
+                    f"operator:{operator_id}",
+                    {"type": "alarm", "cabinet_id": rec.cabinet, "kind": kind, "at": rec.at},
+                )
+            )

@@ -1,0 +1,7 @@
+"""Placeholder: replaced by the views module."""
+
+from aiohttp import web
+
+
+def setup(app: web.Application) -> None:
+    pass

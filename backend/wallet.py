@@ -1,0 +1,92 @@
+"""Residents' wallets: an append-only list of entries, each with an idempotence key.
+
+The balance on ``users.balance_fen`` moves only together with an entry, in one
+transaction; ``ref`` is unique, so a charge for a sale, a provider's top-up or a
+refund is applied once however often it is retried (``post`` returns False then).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from backend import schema as t
+from backend.clock import iso
+from backend.errors import InputError, NotFound
+
+__all__ = ["balance", "history", "post"]
+
+
+def balance(conn: Connection, user_id: int) -> int:
+    row = conn.execute(select(t.users.c.balance_fen).where(t.users.c.id == user_id)).first()
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    return int(row.balance_fen)
+
+
+def post(
+    conn: Connection,
+    user_id: int,
+    kind: str,
+    amount_fen: int,
+    ref: str,
+    now: datetime,
+    *,
+    note: str = "",
+    created_by: int | None = None,
+) -> bool:
+    """Add an entry and move the balance; False (and nothing changes) if ``ref`` exists."""
+    if kind not in t.WALLET_KINDS:
+        raise InputError("kind", f"must be one of {', '.join(t.WALLET_KINDS)}")
+    if kind in ("topup", "refund") and amount_fen <= 0:
+        raise InputError("amount_fen", "must be positive")
+    if kind == "charge" and amount_fen > 0:
+        raise InputError("amount_fen", "a charge is negative")
+    seen = conn.execute(select(t.wallet_entries.c.id).where(t.wallet_entries.c.ref == ref)).first()
+    if seen is not None:
+        return False
+    row = conn.execute(
+        update(t.users)
+        .where(t.users.c.id == user_id)
+        .values(balance_fen=t.users.c.balance_fen + amount_fen)
+        .returning(t.users.c.balance_fen)
+    ).first()
+    if row is None:
+        raise NotFound(f"no user {user_id}")
+    conn.execute(
+        insert(t.wallet_entries).values(
+            user_id=user_id,
+            kind=kind,
+            amount_fen=amount_fen,
+            balance_after_fen=int(row.balance_fen),
+            ref=ref,
+            note=note[:300],
+            created_by=created_by,
+            created_at=iso(now),
+        )
+    )
+    return True
+
+
+def history(conn: Connection, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(t.wallet_entries)
+        .where(t.wallet_entries.c.user_id == user_id)
+        .order_by(t.wallet_entries.c.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "amount_fen": int(r.amount_fen),
+            "balance_after_fen": int(r.balance_after_fen),
+            "ref": r.ref,
+            "note": r.note,
+            "at": r.created_at,
+        }
+        for r in rows
+    ]
