@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "firmware_mock.mock_commands",
     "edge.commands",
     "cloud_sync.commands",
+    "backend.commands",
 )
 
 

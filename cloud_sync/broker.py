@@ -17,8 +17,9 @@
     per-user ``topic`` lines: a cabinet may publish only its own ``sales``,
     ``events``, ``telemetry``, ``inventory``, ``status`` and ``cmd/result`` and read
     only its own ``cmd`` and ``ack``; ``ingest`` reads every cabinet's records and
-    status and writes acks and (resend) commands; ``backend`` writes commands,
-    reads results, status, telemetry and inventory, and writes supplier restock.
+    status and writes acks and (resend) commands; ``backend`` (which runs an ingest inside
+    it) reads the same plus telemetry, inventory and results, and writes commands, acks,
+    and supplier restock.
 ``credentials.toml`` (mode 0600) and ``secrets/USER.password`` (mode 0600)
     the generated plain passwords. Users already listed in an existing
     ``credentials.toml`` keep their password, so adding a cabinet rotates nothing.
@@ -107,11 +108,13 @@ def acl_text(cabinets: Iterable[str]) -> str:
         f"topic write {root}/cab/+/ack",
         f"topic write {root}/cab/+/cmd",
         "",
+        # the backend runs an ingest inside it, so it also reads records and writes acks
         f"user {BACKEND_USER}",
         f"topic write {root}/cab/+/cmd",
+        f"topic write {root}/cab/+/ack",
         *(
             f"topic read {root}/cab/+/{name}"
-            for name in ("cmd/result", "status", "telemetry", "inventory")
+            for name in ("sales", "events", "cmd/result", "status", "telemetry", "inventory")
         ),
         f"topic write {root}/supplier/+/restock",
     ]

@@ -1,4 +1,4 @@
-"""``freshbox edge ...`` and ``freshbox demo``: the cabinet daemon."""
+"""``freshbox edge ...``: the cabinet daemon (and ``edge demo``, one simulated cabinet alone)."""
 
 from __future__ import annotations
 
@@ -54,9 +54,9 @@ def register(sub: Any) -> None:
     cal.add_argument("--seconds", type=float, default=3.0, help="how long each step averages (s)")
     cal.set_defaults(func=_calibrate)
 
-    demo = sub.add_parser(
+    demo = edge_sub.add_parser(
         "demo",
-        help="run the demo on embedded defaults: a simulated cabinet with shoppers",
+        help="one simulated cabinet with shoppers, alone (no backend), printing every bill",
         description="Run the cabinet daemon on the simulated cabinet of the embedded default "
         "configuration, with simulated residents shopping, printing every bill.",
     )

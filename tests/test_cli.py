@@ -28,7 +28,7 @@ def test_every_subcommand_has_help_text() -> None:
         for action in sub._actions:
             if action.dest != "help" and not isinstance(action, argparse._SubParsersAction):
                 assert action.help, f"freshbox {' '.join(path)}: {action.dest} has no help"
-    for expected in ("sim run", "sim replay", "sim record", "edge run", "demo"):
+    for expected in ("sim run", "sim replay", "sim record", "edge run", "edge demo", "demo"):
         assert expected in seen
 
 

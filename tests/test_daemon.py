@@ -92,7 +92,7 @@ def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]
     cfg_int = config_with_db(base / "interrupted.toml", db_int)
     runs["interrupted"] = start(["edge", "run", "--config", str(cfg_int)], db_int, base)
     db_demo = base / "demo" / "demo.db"
-    runs["demo"] = start(["demo", "--duration", "3", "--db", str(db_demo)], db_demo, base)
+    runs["demo"] = start(["edge", "demo", "--duration", "3", "--db", str(db_demo)], db_demo, base)
     sigint = threading.Timer(3.0, runs["interrupted"].proc.send_signal, args=(signal.SIGINT,))
     sigint.start()
     try:
