@@ -177,6 +177,7 @@ def _cabinet_toml(
     backend_public: Path,
     *,
     sample_rate_hz: int,
+    door_alarm_s: float = 120.0,
 ) -> str:
     rng = random.Random(cab.seed)
     lines = [
@@ -201,7 +202,7 @@ def _cabinet_toml(
         "",
         "[session]",
         "unlock_window_s = 15.0",
-        "door_alarm_s = 120.0",
+        f"door_alarm_s = {door_alarm_s:.1f}",
         "max_settle_s = 8.0",
         "",
         "[weighing]",
@@ -334,6 +335,8 @@ class DemoFleet:
     ids: Sequence[str] | None = None
     seed_base: int = 100
     sample_rate_hz: int = 80
+    #: door open longer than this raises door_open_too_long (short in browser tests)
+    door_alarm_s: float = 120.0
     #: extra arguments for ``freshbox`` before ``edge run`` (e.g. ``["-v"]``)
     cli_args: Sequence[str] = ()
     _cabinets: dict[str, DemoCabinet] = field(default_factory=dict, init=False, repr=False)
@@ -395,6 +398,7 @@ class DemoFleet:
                 self.broker,
                 self.backend_public_path,
                 sample_rate_hz=self.sample_rate_hz,
+                door_alarm_s=self.door_alarm_s,
             )
             tmp = cab.config_path.with_name(cab.config_path.name + ".tmp")
             tmp.write_text(text, encoding="utf-8")

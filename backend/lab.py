@@ -7,7 +7,6 @@ An embedded MQTT broker, the backend on a SQLite file with the demo's data, and
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,13 +35,14 @@ class Stack:
         self.broker = EmbeddedBroker()
         self.broker.start()
         key, _ = ensure_backend_key(tmp)
-        self.cabinets = DemoFleet(tmp / "cabinets", self.broker.settings(), key, count=count)
+        self.cabinets = DemoFleet(
+            tmp / "cabinets",
+            self.broker.settings(),
+            key,
+            count=count,
+            door_alarm_s=120.0 if door_alarm_s is None else door_alarm_s,
+        )
         self.cabinets.prepare()
-        if door_alarm_s is not None:  # make the simulated visits raise door_open_too_long
-            for cab in self.cabinets.cabinets:
-                text = cab.config_path.read_text(encoding="utf-8")
-                text = re.sub(r"door_alarm_s = [0-9.]+", f"door_alarm_s = {door_alarm_s}", text)
-                cab.config_path.write_text(text, encoding="utf-8")
         opts = replace(
             load_settings(environ={}),
             db=str(tmp / "backend.db"),

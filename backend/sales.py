@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
+from backend import restock, wallet
 from backend import schema as t
-from backend import wallet
 from backend.bus import EventBus
 from backend.clock import Clock
 from cloud_sync.ingest_db import GoodRecord, Tx
@@ -220,6 +220,8 @@ class RecordApplier:
                 seq=rec.seq,
                 detail={"resident": resident, "total_fen": total},
             )
+        if role == "operator":  # a restocking session: what was placed
+            restock.record_placement(conn, rec.cabinet, body, rec.at)
         session_id = str(body.get("session_id", ""))
         status = "door_never_opened" if "unlock_unused" in flags else "billed"
         conn.execute(

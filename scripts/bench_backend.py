@@ -195,7 +195,7 @@ async def _time_pages(base: str, paths: list[str], rounds: int) -> dict[str, lis
     from backend.seed import DEMO_PASSWORD
 
     out: dict[str, list[float]] = {p: [] for p in paths}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.post(
             f"{base}/api/login", json={"username": "ops", "password": DEMO_PASSWORD}
         ) as resp:
@@ -309,7 +309,12 @@ def bench_ingest(kind: str, work: Path, cabinets: int, per_cabinet: int) -> None
                 fast=True,
             )
             stop = threading.Event()
-            sims.produce(per_cabinet, 0, stop)
+            producer = threading.Thread(target=sims.produce, args=(per_cabinet, 0, stop))
+            producer.start()
+            while min(sims.issued().values()) < per_cabinet:
+                time.sleep(0.1)
+            stop.set()
+            producer.join()
             total = sum(sims.issued().values())
             fleet.start()
             t0 = time.perf_counter()
@@ -364,7 +369,7 @@ def bench_open(work: Path, samples: int, cabinets: int) -> None:
             await be.db.run(wallet.post, uid, "topup", 10_000_000, "topup:bench", be.clock.now())
             lat: list[float] = []
             failures: dict[str, int] = {}
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
                 csrf = await login_http(http, stack.url, "li.wei")
                 ids = stack.cabinets.cabinet_ids
                 i = 0
@@ -421,6 +426,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=30, help="dashboard loads per page")
     ap.add_argument("--per-cabinet", type=int, default=50, help="ingest: records per cabinet")
     args = ap.parse_args()
+    if os.environ.get("FRESHBOX_BENCH_LOG"):
+        import logging
+
+        logging.basicConfig(level=logging.INFO)
     configure(time_cost=1, memory_cost_kib=1024)
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     with tempfile.TemporaryDirectory(prefix="fb-bench-") as tmp:

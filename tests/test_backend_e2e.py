@@ -34,10 +34,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 async def test_open_take_bill_receipt(stack: Stack) -> None:
     base = stack.server.url
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         csrf = await login_http(http, base, "li.wei")
         async with http.get(f"{base}/api/wallet") as resp:
-            before = (await resp.json())["balance_fen"]
+            wallet = await resp.json()
+            assert resp.status == 200, wallet
+            before = wallet["balance_fen"]
         events = await http.get(f"{base}/api/events", timeout=aiohttp.ClientTimeout(total=60))
         t0 = time.perf_counter()
         async with http.post(
@@ -77,7 +79,10 @@ async def test_open_take_bill_receipt(stack: Stack) -> None:
 
 async def test_busy_cabinet_is_refused_with_a_reason(stack: Stack) -> None:
     base = stack.server.url
-    async with aiohttp.ClientSession() as a, aiohttp.ClientSession() as b:
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as a,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as b,
+    ):
         csrf_a = await login_http(a, base, "li.wei")
         csrf_b = await login_http(b, base, "zhang.min")
         async with a.post(

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cloud_sync import topics
 from cloud_sync.canonical import (
@@ -218,6 +220,117 @@ def test_parse_json_big_integers_are_doubles() -> None:
     assert value == [2.9514790517935283e20, 9007199254740991]
     assert isinstance(value[0], float) and isinstance(value[1], int)
     assert canonical_bytes(value) == b"[295147905179352830000,9007199254740991]"
+
+
+def _reference_canonical(value: Any) -> bytes:
+    """What canonical_bytes did before its fast path: the checking walk, then rfc8785."""
+    import rfc8785
+
+    from cloud_sync.canonical import _check
+
+    _check(value, "$", 0)
+    return rfc8785.dumps(value)
+
+
+def _reference_parse(text: str) -> Any:
+    from cloud_sync.canonical import _check, _constant, _float, _int, _pairs
+
+    value = json.loads(
+        text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int, parse_float=_float
+    )
+    _check(value, "$", 0)
+    return value
+
+
+_json_keys = st.text(st.characters(codec="utf-8") | st.sampled_from("\ue000\ufb33\U0001f600\r"))
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(0, 2**64 - 1).map(lambda b: struct.unpack("<d", b.to_bytes(8, "little"))[0])
+    | st.text(st.characters())  # surrogates included: they must be refused the same way
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.lists(inner, max_size=3).map(tuple)
+    | st.dictionaries(_json_keys, inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_json_values)
+def test_fast_canonical_and_parse_agree_with_the_reference(value: Any) -> None:
+    try:
+        expected = _reference_canonical(value)
+    except NotCanonical as exc:
+        with pytest.raises(NotCanonical) as fast:
+            canonical_bytes(value)
+        assert str(fast.value) == str(exc) and fast.value.path == exc.path
+        return
+    assert canonical_bytes(value) == expected
+    text = expected.decode("utf-8")
+    parsed = parse_json(expected)
+    assert canonical_bytes(parsed) == expected
+    assert canonical_bytes(parse_json(text)) == expected
+    assert canonical_bytes(_reference_parse(text)) == expected
+    # the same text with escapes and whitespace parses to the same value
+    loose = json.dumps(parsed, indent=1, ensure_ascii=True)
+    assert canonical_bytes(parse_json(loose)) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"\\udbff"',  # an escaped backslash before "udbff": no surrogate
+        '["\\uD800", "\\ud800x"]',
+        '{"a": "\\u0041"}',
+        "[" * 64 + "]" * 64,
+        "[" * 65 + "1" + "]" * 65,
+        '{"k": ' * 70 + "1" + "}" * 70,
+    ],
+)
+def test_parse_json_fast_checks_agree_with_the_full_walk(text: str) -> None:
+    try:
+        expected = canonical_bytes(_reference_parse(text))
+    except (MalformedMessage, RecursionError) as exc:
+        with pytest.raises(MalformedMessage):
+            parse_json(text)
+        assert not isinstance(exc, RecursionError)
+        return
+    assert canonical_bytes(parse_json(text)) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(0, 9999),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.integers(0, 999),
+)
+def test_parse_at_agrees_with_strptime(
+    year: int, month: int, day: int, hour: int, minute: int, second: int, ms: int
+) -> None:
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{ms:03d}Z"
+    try:
+        expected: datetime | None = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=UTC
+        )
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(MalformedMessage):
+            parse_at(text)
+    else:
+        assert parse_at(text) == expected
+        if year >= 1000:  # strftime does not pad smaller years
+            assert format_at(parse_at(text)) == text
 
 
 def test_b64url_strict() -> None:

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from mqtt import Community, make_community, wait_for
 
+from cloud_sync.canonical import canonical_bytes
 from cloud_sync.commander import Commander
-from cloud_sync.config import SyncConfigError, parse_sync
+from cloud_sync.config import BrokerSettings, SyncConfigError, SyncSettings, parse_sync
 from cloud_sync.ingest import Ingest, load_backend_config
 from cloud_sync.keys import generate_private_key, load_private_key, public_key_text
 from cloud_sync.nonces import NonceStore
-from cloud_sync.records import parse_record, verify_chain
+from cloud_sync.records import parse_record, seal_ack, verify_chain
 from cloud_sync.transport import Backoff
-from cloud_sync.uplink import CallBridge, CommandRefused
+from cloud_sync.uplink import CallBridge, CommandRefused, Uplink
 from edge.errors import ConfigError, StoreError
 from edge.store import CabinetStore
 
@@ -104,6 +105,44 @@ def _sync_table(tmp_path: Path, **over: Any) -> dict[str, Any]:
     }
     table.update(over)
     return table
+
+
+def test_acks_arriving_together_apply_the_highest_that_verifies(tmp_path: Path) -> None:
+    cab_key, backend = generate_private_key(), generate_private_key()
+    store = CabinetStore(tmp_path / "cab.db", cabinet_id=CAB, signing_key=cab_key)
+    for i in range(6):
+        store.record_event(float(i), "door_check")
+    (tmp_path / "cab.key").write_text("unused")
+    settings = SyncSettings(
+        broker=BrokerSettings("127.0.0.1", 1),
+        signing_key=tmp_path / "cab.key",
+        backend_public_key=public_key_text(backend),
+    )
+    uplink = Uplink(settings, store, backend.public_key())
+    hashes = {r.seq: r.hash for r in store.outbox_records()}
+
+    def ack(upto: int, key: Any = backend, head: str | None = None) -> bytes:
+        return canonical_bytes(seal_ack(CAB, upto, head or hashes[upto], key))
+
+    # a forged claim above the rest is refused; the highest genuine one is applied and
+    # covers the lower ones, which are neither verified nor committed
+    uplink._acks = [ack(2), ack(5, generate_private_key()), ack(4), b"{not json", ack(3)]
+    uplink._handle_acks()
+    head = store.outbox_head()
+    assert head.acked_upto == 4 and uplink.stats.acked_upto == 4
+    assert uplink.stats.acks == 1 and uplink.stats.bad_acks == 2  # the forgery, the garbage
+    assert [r.seq for r in store.outbox_records()] == [5, 6]
+    # a genuine signature over another head raises the alarm and deletes nothing; the
+    # right ack for the same seq, arriving with it, still applies
+    uplink._acks = [ack(5, head="ab" * 32), ack(5)]
+    uplink._handle_acks()
+    assert store.outbox_head().acked_upto == 5 and uplink.stats.bad_acks == 3
+    assert [e.type for e in store.alarms()] == ["ack_head_mismatch"]
+    # acks at or below what was acked change nothing
+    uplink._acks = [ack(2), ack(5)]
+    uplink._handle_acks()
+    assert store.outbox_head().acked_upto == 5 and uplink.stats.acks == 2
+    store.close()
 
 
 def test_sync_config_defaults_and_errors(tmp_path: Path) -> None:
