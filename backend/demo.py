@@ -214,6 +214,8 @@ async def run_demo(opts: DemoOptions) -> int:
     started = time.monotonic()
     try:
         await server.start()
+        if server.backend.fleet is not None:
+            server.backend.fleet.applier.listeners.append(_print_sale)
         fleet.start()
         _banner(server, fleet, broker, embedded is not None)
         shoppers = asyncio.create_task(_shoppers(server, fleet.cabinet_ids, opts, stop))
@@ -240,6 +242,25 @@ async def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
+def _print_sale(channel: str, event: dict[str, Any]) -> None:
+    """Every receipt, as the residents see it (called after the record's commit)."""
+    if event.get("type") != "receipt":
+        return
+    items = ", ".join(
+        f"{ln.get('qty')} x {ln.get('name')}"
+        if ln.get("qty")
+        else f"{ln.get('weight_g', 0):.0f} g {ln.get('name')}"
+        for ln in event.get("lines", [])
+    )
+    flags = f" [{', '.join(event['flags'])}]" if event.get("flags") else ""
+    verified = "verified" if event.get("verified") else "NOT verified"
+    print(
+        f"  sale {event['cabinet_id']} #{event['seq']}: {items or 'nothing'} = "
+        f"¥{event['total_fen'] / 100:.2f}{flags}, record {event['record_hash'][:12]}... {verified}",
+        flush=True,
+    )
+
+
 def _banner(
     server: BackendServer, fleet: DemoFleet, broker: BrokerSettings, embedded: bool
 ) -> None:
@@ -254,6 +275,9 @@ def _banner(
         f"  supplier feed: {server.url}/supplier  ({server.url}/api/supplier/feed.csv)",
     ]
     for cab in fleet.cabinet_ids:
-        lines.append(f"  cabinet page:  {server.url}/c/{cab}   (its QR code: freshbox qr {cab})")
+        lines.append(
+            f"  cabinet page:  {server.url}/c/{cab}   "
+            f"(QR code: freshbox qr {cab} --url {server.url} -o {cab}.png)"
+        )
     lines.append("  Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)

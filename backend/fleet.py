@@ -49,6 +49,9 @@ log = logging.getLogger("freshbox.backend.fleet")
 
 #: results that end a command (``unlocked`` is final for the Open button; the sale
 #: arrives later as a record)
+#: how often queued cabinet state (status, telemetry, inventory, results) is written
+FLUSH_S = 0.25
+
 FINAL = frozenset({"refused", "done", "billed", "door_never_opened"})
 
 
@@ -112,11 +115,18 @@ class Fleet:
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
         self.result_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._state: dict[tuple[str, str], tuple[Callable[..., None], tuple[Any, ...]]] = {}
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._writer_thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 10.0) -> None:
         self.ingest.start()
+        self._stopping.clear()
+        self._writer_thread = threading.Thread(target=self._writer, name="fleet-state", daemon=True)
+        self._writer_thread.start()
         client = new_client(self.broker, self.client_id, reconnect_on_failure=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -136,6 +146,11 @@ class Fleet:
                 client.disconnect()
             with contextlib.suppress(Exception):
                 client.loop_stop()
+        self._stopping.set()
+        self._dirty.set()
+        if self._writer_thread is not None:
+            self._writer_thread.join(5.0)
+        self.flush()
         self.ingest.stop()
 
     def connected(self) -> bool:
@@ -246,15 +261,53 @@ class Fleet:
             if name == "cmd/result":
                 self._result(cabinet_id, payload)
             elif name == "status":
-                self.db.write(self._status, cabinet_id, payload.decode("utf-8", "replace"))
+                self._defer((cabinet_id, name), self._status, (payload.decode("utf-8", "replace"),))
             elif name == "telemetry":
-                self.db.write(self._telemetry, cabinet_id, json.loads(payload))
+                self._defer((cabinet_id, name), self._telemetry, (json.loads(payload),))
             elif name == "inventory":
-                self.db.write(self._inventory, cabinet_id, json.loads(payload))
+                self._defer((cabinet_id, name), self._inventory, (json.loads(payload),))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("fleet: bad %s from %s: %s", name, cabinet_id, exc)
         except Exception:
             log.exception("fleet: handling %s from %s failed", name, cabinet_id)
+
+    # ---------------------------------------------------------------- state writer
+
+    def _defer(self, key: tuple[str, str], fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Queue a state update; the writer applies them in one transaction every
+        ``FLUSH_S``, the latest per (cabinet, topic) winning (telemetry and inventory are
+        snapshots): 200 cabinets cost a few transactions a second, not hundreds."""
+        with self._lock:
+            cabinet_id = key[0]
+            if key[1] == "cmd/result":  # every result counts, keep them all in order
+                self._state[(cabinet_id, f"result:{len(self._state)}")] = (fn, args)
+            else:
+                self._state[key] = (fn, args)
+        self._dirty.set()
+
+    def _writer(self) -> None:
+        while not self._stopping.is_set():
+            self._dirty.wait(1.0)
+            self._stopping.wait(FLUSH_S)
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the queued state updates now (one transaction)."""
+        with self._lock:
+            batch = list(self._state.items())
+            self._state.clear()
+            self._dirty.clear()
+        if not batch:
+            return
+
+        def apply(conn: Connection) -> None:
+            for (cabinet_id, _), (fn, args) in batch:
+                fn(conn, cabinet_id, *args)
+
+        try:
+            self.db.write(apply)
+        except Exception:
+            log.exception("fleet: writing %d state updates failed", len(batch))
 
     def _result(self, cabinet_id: str, payload: bytes) -> None:
         doc = json.loads(payload)
@@ -271,7 +324,7 @@ class Fleet:
             waiter = self._waiters.get(nonce)
         if waiter is not None and (result.status in waiter.until or not result.ok):
             waiter.loop.call_soon_threadsafe(_settle, waiter.future, result)
-        self.db.write(self._record_result, cabinet_id, nonce, doc)
+        self._defer((cabinet_id, "cmd/result"), self._record_result, (nonce, doc))
         for listener in self.result_listeners:
             listener(doc)
 

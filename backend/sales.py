@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from backend import restock, wallet
@@ -102,6 +104,23 @@ def receipt(row: Any, names: dict[int, str] | None = None) -> dict[str, Any]:
     }
 
 
+_INSERT_SALE = insert(t.sales)
+_INSERT_LINE = insert(t.sale_lines)
+_USER_OF = select(t.users.c.id).where(t.users.c.resident_code == bindparam("code"))
+_OPERATOR_OF = select(t.cabinets.c.operator_id).where(t.cabinets.c.id == bindparam("cabinet"))
+_LANE_NAMES = select(t.lanes.c.lane, t.lanes.c.name).where(
+    t.lanes.c.cabinet_id == bindparam("cabinet")
+)
+_UNLOCK_DONE = (
+    update(t.unlocks)
+    .where(
+        t.unlocks.c.cabinet_id == bindparam("cabinet"),
+        t.unlocks.c.session_id == bindparam("session"),
+    )
+    .values(status=bindparam("status"), sale_seq=bindparam("seq"))
+)
+
+
 class RecordApplier:
     """The ingest hook (see the module docstring); ``publish`` gets events after commit."""
 
@@ -109,6 +128,8 @@ class RecordApplier:
         self.clock = clock
         self.bus = bus
         self._local = threading.local()
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._users: dict[str, int] = {}
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def _pending(self) -> list[_Pending]:
@@ -148,11 +169,40 @@ class RecordApplier:
 
     # ---------------------------------------------------------------- sales
 
+    def _cached(self, key: str, ttl: float, load: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        self._cache[key] = (now + ttl, value)
+        return value
+
     def _operator_of(self, conn: Connection, cabinet_id: str) -> str | None:
-        row = conn.execute(
-            select(t.cabinets.c.operator_id).where(t.cabinets.c.id == cabinet_id)
-        ).first()
-        return None if row is None else str(row.operator_id)
+        def load() -> str | None:
+            row = conn.execute(_OPERATOR_OF, {"cabinet": cabinet_id}).first()
+            return None if row is None else str(row.operator_id)
+
+        result: str | None = self._cached(f"op:{cabinet_id}", 60.0, load)
+        return result
+
+    def _user_of(self, conn: Connection, resident: str) -> int | None:
+        cached = self._users.get(resident)  # a resident code never moves to another user
+        if cached is not None:
+            return cached
+        row = conn.execute(_USER_OF, {"code": resident}).first()
+        if row is None:
+            return None
+        self._users[resident] = int(row.id)
+        return int(row.id)
+
+    def _lane_names(self, conn: Connection, cabinet_id: str) -> dict[int, str]:
+        def load() -> dict[int, str]:
+            rows = conn.execute(_LANE_NAMES, {"cabinet": cabinet_id})
+            return {int(r.lane): str(r.name) for r in rows}
+
+        names: dict[int, str] = self._cached(f"names:{cabinet_id}", 30.0, load)
+        return names
 
     def _sale(self, conn: Connection, rec: GoodRecord, body: dict[str, Any]) -> None:
         now = self.clock.now()
@@ -161,46 +211,51 @@ class RecordApplier:
         total = int(body.get("total_fen", 0))
         flags = [str(f) for f in body.get("flags", [])]
         lines = list(body.get("lines", []))
-        user = conn.execute(select(t.users.c.id).where(t.users.c.resident_code == resident)).first()
-        user_id = None if user is None else int(user.id)
-        charge = total if (role == "resident" and user_id is not None and total > 0) else 0
-        conn.execute(
-            insert(t.sales).values(
-                cabinet_id=rec.cabinet,
-                seq=rec.seq,
-                session_id=str(body.get("session_id", "")),
-                resident_code=resident,
-                user_id=user_id,
-                role=role,
-                total_fen=total,
-                charged_fen=charge,
-                flags_json=json.dumps(flags),
-                lines_json=json.dumps(lines, sort_keys=True),
-                evidence_json=json.dumps(body.get("evidence", []), sort_keys=True),
-                record_hash=rec.hash,
-                verified=True,
-                at=rec.at,
-                review="pending" if "needs_review" in flags else "none",
-                stored_at=self.clock.iso(),
-            )
-        )
-        for i, ln in enumerate(lines):
+        session_id = str(body.get("session_id", ""))
+        user_id = self._user_of(conn, resident) if role == "resident" else None
+        charge = total if (user_id is not None and total > 0) else 0
+        row = {
+            "cabinet_id": rec.cabinet,
+            "seq": rec.seq,
+            "session_id": session_id,
+            "resident_code": resident,
+            "user_id": user_id,
+            "role": role,
+            "total_fen": total,
+            "charged_fen": charge,
+            "refunded_fen": 0,
+            "flags_json": json.dumps(flags),
+            "lines_json": json.dumps(lines, sort_keys=True),
+            "evidence_json": json.dumps(body.get("evidence", []), sort_keys=True),
+            "record_hash": rec.hash,
+            "verified": True,
+            "at": rec.at,
+            "review": "pending" if "needs_review" in flags else "none",
+            "stored_at": self.clock.iso(),
+        }
+        conn.execute(_INSERT_SALE, [row])
+        if lines:
             conn.execute(
-                insert(t.sale_lines).values(
-                    cabinet_id=rec.cabinet,
-                    seq=rec.seq,
-                    line_no=i,
-                    lane=int(ln.get("lane", 0)),
-                    sku=str(ln.get("sku", "")),
-                    qty=ln.get("qty"),
-                    weight_g=float(ln.get("weight_g", 0.0)),
-                    amount_fen=int(ln.get("amount_fen", 0)),
-                    at=rec.at,
-                )
+                _INSERT_LINE,
+                [
+                    {
+                        "cabinet_id": rec.cabinet,
+                        "seq": rec.seq,
+                        "line_no": i,
+                        "lane": int(ln.get("lane", 0)),
+                        "sku": str(ln.get("sku", "")),
+                        "qty": ln.get("qty"),
+                        "weight_g": float(ln.get("weight_g", 0.0)),
+                        "amount_fen": int(ln.get("amount_fen", 0)),
+                        "at": rec.at,
+                    }
+                    for i, ln in enumerate(lines)
+                ],
             )
+        balance: int | None = None
         if charge:
             assert user_id is not None
-            wallet.post(
+            balance = wallet.post_balance(
                 conn,
                 user_id,
                 "charge",
@@ -222,12 +277,10 @@ class RecordApplier:
             )
         if role == "operator":  # a restocking session: what was placed
             restock.record_placement(conn, rec.cabinet, body, rec.at)
-        session_id = str(body.get("session_id", ""))
         status = "door_never_opened" if "unlock_unused" in flags else "billed"
         conn.execute(
-            update(t.unlocks)
-            .where(t.unlocks.c.cabinet_id == rec.cabinet, t.unlocks.c.session_id == session_id)
-            .values(status=status, sale_seq=rec.seq)
+            _UNLOCK_DONE,
+            {"cabinet": rec.cabinet, "session": session_id, "status": status, "seq": rec.seq},
         )
         operator_id = self._operator_of(conn, rec.cabinet)
         for flag in flags:
@@ -243,18 +296,9 @@ class RecordApplier:
                     seq=rec.seq,
                     detail={"total_fen": total},
                 )
-        row = conn.execute(
-            select(t.sales).where(t.sales.c.cabinet_id == rec.cabinet, t.sales.c.seq == rec.seq)
-        ).one()
-        names = {
-            int(r.lane): r.name
-            for r in conn.execute(
-                select(t.lanes.c.lane, t.lanes.c.name).where(t.lanes.c.cabinet_id == rec.cabinet)
-            )
-        }
-        doc = receipt(row, names)
+        doc = receipt(SimpleNamespace(**row), self._lane_names(conn, rec.cabinet))
         if user_id is not None:
-            doc["balance_fen"] = wallet.balance(conn, user_id)
+            doc["balance_fen"] = balance if balance is not None else wallet.balance(conn, user_id)
             self._pending().append(_Pending(f"user:{user_id}", {"type": "receipt", **doc}))
         if operator_id is not None:
             self._pending().append(

@@ -10,14 +10,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from backend import schema as t
 from backend.clock import iso
 from backend.errors import InputError, NotFound
 
-__all__ = ["balance", "history", "post"]
+__all__ = ["balance", "history", "post", "post_balance"]
+
+_SEEN = select(t.wallet_entries.c.id).where(t.wallet_entries.c.ref == bindparam("ref"))
+_MOVE = (
+    update(t.users)
+    .where(t.users.c.id == bindparam("uid"))
+    .values(balance_fen=t.users.c.balance_fen + bindparam("amount"))
+    .returning(t.users.c.balance_fen)
+)
+_ENTRY = insert(t.wallet_entries)
 
 
 def balance(conn: Connection, user_id: int) -> int:
@@ -39,36 +48,52 @@ def post(
     created_by: int | None = None,
 ) -> bool:
     """Add an entry and move the balance; False (and nothing changes) if ``ref`` exists."""
+    after = post_balance(
+        conn, user_id, kind, amount_fen, ref, now, note=note, created_by=created_by
+    )
+    return after is not None
+
+
+def post_balance(
+    conn: Connection,
+    user_id: int,
+    kind: str,
+    amount_fen: int,
+    ref: str,
+    now: datetime,
+    *,
+    note: str = "",
+    created_by: int | None = None,
+) -> int | None:
+    """``post``, returning the new balance (None when ``ref`` was posted before)."""
     if kind not in t.WALLET_KINDS:
         raise InputError("kind", f"must be one of {', '.join(t.WALLET_KINDS)}")
     if kind in ("topup", "refund") and amount_fen <= 0:
         raise InputError("amount_fen", "must be positive")
     if kind == "charge" and amount_fen > 0:
         raise InputError("amount_fen", "a charge is negative")
-    seen = conn.execute(select(t.wallet_entries.c.id).where(t.wallet_entries.c.ref == ref)).first()
-    if seen is not None:
-        return False
-    row = conn.execute(
-        update(t.users)
-        .where(t.users.c.id == user_id)
-        .values(balance_fen=t.users.c.balance_fen + amount_fen)
-        .returning(t.users.c.balance_fen)
-    ).first()
+    if conn.execute(_SEEN, {"ref": ref}).first() is not None:
+        return None
+    row = conn.execute(_MOVE, {"uid": user_id, "amount": amount_fen}).first()
     if row is None:
         raise NotFound(f"no user {user_id}")
+    after = int(row.balance_fen)
     conn.execute(
-        insert(t.wallet_entries).values(
-            user_id=user_id,
-            kind=kind,
-            amount_fen=amount_fen,
-            balance_after_fen=int(row.balance_fen),
-            ref=ref,
-            note=note[:300],
-            created_by=created_by,
-            created_at=iso(now),
-        )
+        _ENTRY,
+        [
+            {
+                "user_id": user_id,
+                "kind": kind,
+                "amount_fen": amount_fen,
+                "balance_after_fen": after,
+                "ref": ref,
+                "note": note[:300],
+                "created_by": created_by,
+                "created_at": iso(now),
+            }
+        ],
     )
-    return True
+    return after
 
 
 def history(conn: Connection, user_id: int, limit: int = 100) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ import os
 import random
 import secrets
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -254,7 +254,6 @@ def bench_ingest(kind: str, work: Path, cabinets: int, per_cabinet: int) -> None
     from backend.fleet import Fleet
     from cloud_sync.keys import load_private_key, public_key_text
     from cloud_sync.lab import Lab
-    from cloud_sync.simcab import SimFleet
 
     root = work / f"ingest-{kind}"
     ids = [f"cab-{i:03d}" for i in range(cabinets)]
@@ -299,26 +298,45 @@ def bench_ingest(kind: str, work: Path, cabinets: int, per_cabinet: int) -> None
             fleet = Fleet(settings, db, Clock(), EventBus())
             for cab in ids:
                 fleet.enrol(cab, public_key_text(load_private_key(lab.cab_dir / f"{cab}.key")))
-            sims = SimFleet(
-                lab.cab_dir,
-                ids,
-                host="127.0.0.1",
-                port=lab.port,
-                secrets=lab.files.directory / "secrets",
-                backend_public_key=lab.backend_public,
-                fast=True,
-            )
-            stop = threading.Event()
-            producer = threading.Thread(target=sims.produce, args=(per_cabinet, 0, stop))
-            producer.start()
-            while min(sims.issued().values()) < per_cabinet:
-                time.sleep(0.1)
-            stop.set()
-            producer.join()
-            total = sum(sims.issued().values())
             fleet.start()
+            # the simulated cabinets run in two processes of their own (as real cabinets
+            # would not share one): 200 SQLite stores in one process exceed select()'s 1024
+            groups = [ids[i::2] for i in range(2)]
+            procs = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cloud_sync.simcab",
+                        "--dir",
+                        str(lab.cab_dir),
+                        "--cabinets",
+                        ",".join(group),
+                        "--port",
+                        str(lab.port),
+                        "--secrets",
+                        str(lab.files.directory / "secrets"),
+                        "--backend-public-key",
+                        lab.backend_public,
+                        "--target",
+                        str(per_cabinet),
+                        "--fast",
+                        "--exit-when-acked",
+                        "--seed",
+                        str(n + 1),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    cwd=ROOT,
+                )
+                for n, group in enumerate(groups)
+            ]
+            for p in procs:
+                assert p.stdout is not None
+                assert p.stdout.readline().strip() == "ready", "simulated cabinets did not start"
             t0 = time.perf_counter()
-            sims.start()
+            total = cabinets * per_cabinet
             deadline = t0 + 600
             stored = 0
             while time.perf_counter() < deadline:
@@ -327,7 +345,7 @@ def bench_ingest(kind: str, work: Path, cabinets: int, per_cabinet: int) -> None
                 )
                 if stored >= total:
                     break
-                time.sleep(0.2)
+                time.sleep(0.1)
             elapsed = time.perf_counter() - t0
             n_sales = db.read(
                 lambda c: c.execute(select(func.count()).select_from(t.sales)).scalar_one()
@@ -339,7 +357,8 @@ def bench_ingest(kind: str, work: Path, cabinets: int, per_cabinet: int) -> None
                     .where(t.wallet_entries.c.kind == "charge")
                 ).scalar_one()
             )
-            sims.stop()
+            for p in procs:
+                p.wait(60)
             fleet.stop()
             db.close()
             print(
