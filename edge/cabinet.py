@@ -626,6 +626,21 @@ class Cabinet:
             )
         return rows
 
+    def seed_inventory(self) -> bool:
+        """Record what the shelves hold when the store has no inventory yet (a new cabinet,
+        or a new store): from the current stable levels, while no session runs. True once
+        the store has an inventory."""
+        if self.store.inventory():
+            return True
+        if self.session is not None or self.door_open:
+            return False
+        level = np.asarray(self.tracker.stable_level, dtype=float)
+        cols = [self.lane_column[ln.lane] for ln in self.lanes]
+        if not bool(np.all(np.isfinite(level[cols]))):
+            return False
+        self.store.set_inventory(self._inventory(level), replace=True)
+        return True
+
     # -- views ---------------------------------------------------------------------
     def levels(self) -> dict[int, float]:
         """The last stable level of each lane (g)."""

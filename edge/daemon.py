@@ -26,7 +26,7 @@ from cloud_sync.uplink import CallBridge, CommandHandler, CommandRefused, Uplink
 from edge.cabinet import Cabinet
 from edge.config import CabinetConfig
 from edge.errors import ConfigError
-from edge.hardware.registry import create_hardware
+from edge.hardware.registry import Hardware, create_hardware
 from edge.session import SessionResult
 from edge.store import CabinetStore
 
@@ -99,9 +99,11 @@ def run_daemon(
             log.warning("found %d unfinished session(s) from before the restart", found)
         hardware.lock.lock()
         if sync is not None:
-            uplink, bridge = _start_uplink(config, sync, store, cabinet, clock)
+            uplink, bridge = _start_uplink(config, sync, store, cabinet, clock, hardware)
         end = None if duration is None else clock.now() + duration
         lock_alarms_seen = 0  # alarms raised by the lock, recorded as events
+        inventory_known = False
+        next_inventory_check = clock.now() + 2.0
         log.info("cabinet %s running on %s hardware", config.cabinet_id, config.backend)
         while not stop.is_set():
             now = clock.now()
@@ -116,6 +118,9 @@ def run_daemon(
                 alarm = alarms[lock_alarms_seen]
                 lock_alarms_seen += 1
                 cabinet.alarm(alarm.t, alarm.kind, detail=alarm.detail)
+            if not inventory_known and now >= next_inventory_check:
+                next_inventory_check = now + 1.0
+                inventory_known = cabinet.seed_inventory()
             if bridge is not None:
                 bridge.run_pending()
             if end is not None and now >= end:
@@ -161,7 +166,12 @@ def _load_sync(config: CabinetConfig) -> _Sync:
 
 
 def _start_uplink(
-    config: CabinetConfig, sync: _Sync, store: CabinetStore, cabinet: Cabinet, clock: DaemonClock
+    config: CabinetConfig,
+    sync: _Sync,
+    store: CabinetStore,
+    cabinet: Cabinet,
+    clock: DaemonClock,
+    hardware: Hardware,
 ) -> tuple[Uplink, CallBridge]:
     """Start the uplink; its commands run on the daemon loop through the returned bridge."""
     bridge = CallBridge()
@@ -174,7 +184,7 @@ def _start_uplink(
         store,
         sync.backend_key,
         handlers=handlers,
-        telemetry=lambda: _telemetry(cabinet),
+        telemetry=lambda: _telemetry(cabinet, hardware),
         nonces=NonceStore(nonce_db, now=clock.wall),
         wall=clock.wall,
         cabinet_time=clock.now,
@@ -185,13 +195,20 @@ def _start_uplink(
     return uplink, bridge
 
 
-def _telemetry(cabinet: Cabinet) -> dict[str, Any]:
+def _telemetry(cabinet: Cabinet, hardware: Hardware | None = None) -> dict[str, Any]:
     levels = {str(lane): round(g, 1) for lane, g in cabinet.levels().items() if g == g}
+    temperature = None
+    if hardware is not None and hardware.temperature is not None:
+        try:
+            temperature = hardware.temperature()
+        except Exception:  # a sensor that fails must not stop the telemetry
+            log.exception("temperature sensor failed")
     faulted = [
         ln.lane for ln in cabinet.lanes if bool(cabinet._faulted[cabinet.lane_column[ln.lane]])
     ]
     return {
         "levels": levels,
+        **({} if temperature is None else {"temperature_c": round(temperature, 1)}),
         "health": {
             "door_open": cabinet.door_open,
             "session": cabinet.session is not None,

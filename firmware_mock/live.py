@@ -326,4 +326,24 @@ def create_hardware(config: CabinetConfig, *, start_t: float = 0.0) -> Hardware:
     lock = MemoryLock()
     wanted = config.sim.residents or config.sim.answer_unlocks
     actors = Shoppers.for_config(sim, config, lock, start_t=start_t) if wanted else None
-    return Hardware(source=ShiftedSource(sim, start_t), lock=lock, door=SimDoor(sim), actors=actors)
+    return Hardware(
+        source=ShiftedSource(sim, start_t),
+        lock=lock,
+        door=SimDoor(sim),
+        actors=actors,
+        temperature=SimThermometer(sim, seed=config.sim.seed),
+    )
+
+
+class SimThermometer:
+    """The chilled cabinet's air: 4 °C give or take, warmer while the door is open."""
+
+    def __init__(self, sim: SimulatedCabinet, *, seed: int) -> None:
+        self.sim = sim
+        self.rng = random.Random(seed + 0x7E)
+        self.c = 4.0
+
+    def __call__(self) -> float:
+        target = 9.0 if self.sim.door_open else 4.0
+        self.c += 0.3 * (target - self.c) + self.rng.gauss(0.0, 0.1)
+        return self.c

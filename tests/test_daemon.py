@@ -167,3 +167,27 @@ def test_demo_prints_its_banner_and_exits_0(daemons: dict[str, Run]) -> None:
     assert "Traceback" not in run.err
     with open_store(run.db) as store:
         assert store.check_consistency() == []
+
+
+def test_a_new_cabinet_records_its_inventory_before_any_session(tmp_path: Path) -> None:
+    """The backend's stock view needs an inventory from the start, not after a sale."""
+    import tomllib
+
+    from edge.commands import default_config_text
+    from edge.config import parse_config
+    from edge.daemon import run_daemon
+
+    data = tomllib.loads(default_config_text())
+    data["cabinet"]["db"] = str(tmp_path / "cab.db")
+    data["hardware"]["sim"]["residents"] = False
+    config = parse_config(data, source="test", base=tmp_path)
+    run_daemon(config, duration=4.0, stop=threading.Event())
+    store = open_store(tmp_path / "cab.db")
+    try:
+        inventory = store.inventory()
+    finally:
+        store.close()
+    assert sorted(inventory) == [1, 2, 3, 4]
+    assert inventory[1].count == 6  # six 500 g packs of tomatoes
+    assert inventory[3].count == 4 and len(inventory[3].items) == 4  # tracked eggs
+    assert inventory[2].count is None and inventory[2].level_g > 1000  # weighed bok choy

@@ -34,6 +34,8 @@ class Hardware:
     door: DoorSwitch
     #: called every loop with (cabinet, t): drives simulated residents; None on real hardware
     actors: Callable[[Any, float], None] | None = None
+    #: the cabinet's temperature sensor (°C), where one exists
+    temperature: Callable[[], float | None] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
