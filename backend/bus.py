@@ -1,7 +1,8 @@
 """Live events for browsers (server-sent events): receipts, unlock progress, alarms.
 
-Channels are strings: ``user:{id}`` (a resident's receipts and unlocks) and
-``operator:{id}`` (an operator's sales, alarms and cabinet status). ``publish`` may
+Channels are strings: ``user:{id}`` (a resident's ``receipt``, ``unlock``, ``wallet``
+and ``refund`` events), ``operator:{id}`` (an operator's ``sale``, ``alarm`` and
+``status`` events) and ``supplier:{id}``. ``publish`` may
 be called from any thread (the ingest and MQTT threads do); subscribers are asyncio
 queues on the event loop. A slow subscriber loses its oldest events, never blocks
 the publisher.

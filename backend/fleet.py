@@ -354,6 +354,8 @@ class Fleet:
                 .where(t.unlocks.c.nonce == nonce, t.unlocks.c.status == "sent")
                 .values(status="refused", reason=doc.get("reason"), answered_at=now)
             )
+        if status == "done":
+            _apply_late(conn, cabinet_id, nonce)
         conn.execute(
             update(t.commands)
             .where(t.commands.c.nonce == nonce)
@@ -456,6 +458,37 @@ class Fleet:
         client.publish(
             topics.supplier_restock(supplier_id), canonical_bytes(feed), qos=1, retain=True
         )
+
+
+def _apply_late(conn: Connection, cabinet_id: str, nonce: str) -> None:
+    """A price or planogram change the cabinet confirmed after the operator's request
+    had given up waiting (its row says ``timeout``): the cabinet has it, so the lanes
+    table must too."""
+    row = conn.execute(
+        select(t.commands.c.name, t.commands.c.args_json, t.commands.c.status).where(
+            t.commands.c.nonce == nonce
+        )
+    ).first()
+    if row is None or row.status != "timeout":
+        return
+    args = json.loads(row.args_json)
+    changes: dict[int, dict[str, Any]] = {}
+    if row.name == "set_prices":
+        for key, fen in _obj(args.get("prices")).items():
+            changes[int(key)] = {"price_fen": int(fen)}
+    elif row.name == "set_planogram":
+        for item in args.get("lanes", []):
+            change: dict[str, Any] = {k: item[k] for k in ("sku", "name") if k in item}
+            if "price" in item:
+                change["price_fen"] = int(item["price"])
+            changes[int(item["lane"])] = change
+    for lane_no, values in changes.items():
+        if values:
+            conn.execute(
+                update(t.lanes)
+                .where(t.lanes.c.cabinet_id == cabinet_id, t.lanes.c.lane == lane_no)
+                .values(**values)
+            )
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -535,3 +535,40 @@ def test_charts_scale_and_escape() -> None:
     assert "Tomatoes &amp; co" in svg and "¥13.80" in svg
     assert "No sales yet" in charts.columns([], label="By day")
     assert "No sales yet" in charts.bars([charts.Bar("x", 0)], label="P")
+
+
+def test_a_late_done_applies_the_prices_the_cabinet_took(backend_env: Env) -> None:
+    """The operator's request gave up (504) but the cabinet applied the prices later:
+    the lanes table must follow the cabinet."""
+    import json as _json
+
+    from sqlalchemy import insert as _insert
+    from sqlalchemy import select as _select
+
+    from backend import schema as _t
+    from backend.fleet import _apply_late
+
+    db = backend_env.backend.db
+
+    def setup(conn: Any) -> None:
+        conn.execute(
+            _insert(_t.commands).values(
+                nonce="n-late-0000000001",
+                cabinet_id="cab-east-1",
+                name="set_prices",
+                args_json=_json.dumps({"prices": {"1": 777}}),
+                status="timeout",
+                sent_at="2026-11-28T09:00:00.000Z",
+            )
+        )
+        _apply_late(conn, "cab-east-1", "n-late-0000000001")
+
+    db.write(setup)
+    price = db.read(
+        lambda c: c.execute(
+            _select(_t.lanes.c.price_fen).where(
+                _t.lanes.c.cabinet_id == "cab-east-1", _t.lanes.c.lane == 1
+            )
+        ).scalar_one()
+    )
+    assert price == 777
