@@ -168,7 +168,9 @@ def test_last_will_is_published_and_retained_when_the_socket_dies(clients: Any) 
     later.subscribe(topics.cabinet_filter("status"))
     got = later.wait_for(b"offline")
     assert got.retain and got.topic == will.topic
-    assert [m.payload for m in later.messages] == [b"offline"]  # it replaced "online"
+    # it replaced "online" (amqtt may deliver the will twice to a subscriber that arrives
+    # while it is being retained: harmless, status is a state, not an event)
+    assert {m.payload for m in later.messages} == {b"offline"}
 
 
 def test_mqtt5_clients_are_refused(broker: EmbeddedBroker) -> None:
