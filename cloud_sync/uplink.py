@@ -16,6 +16,16 @@ never race. What it does while connected:
   deleted). After every reconnect, on a ``resend`` command, and whenever no ack
   arrives for ``retransmit_s`` while records are in flight, every unacked record
   is published again: delivery is at-least-once and the backend deduplicates.
+* **The loop.** The thread waits in ``select`` on the client's socket: an incoming
+  message (an ack, a command, a PUBACK) wakes it at once; it polls the store every
+  ``idle_poll_s`` for new records and timers (retransmit, follow-ups, telemetry),
+  and does not wait at all while sealed records can still be published. Acks that
+  arrived together are handled as one: the highest one that verifies is applied
+  (they are cumulative, so the lower ones could change nothing), which saves a
+  signature check and a store commit per superseded ack. paho's own in-flight
+  limit is off (the window above bounds what is unacknowledged), and the loop uses
+  paho's socket-level calls rather than ``loop()``, whose wake-up pipe would cost a
+  system call per publish.
 * **Reconnect** with exponential backoff and jitter (:class:`~cloud_sync.transport.Backoff`,
   injectable random source; the clock is injectable too).
 * **Telemetry** every ``telemetry_interval_s`` on ``telemetry`` (QoS 0): lane levels
@@ -37,6 +47,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -254,6 +266,26 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_TCP_CORK: Final = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+def _cork(client: mqtt.Client, on: bool) -> bool:
+    """Hold back (``on``) or release the socket's partial TCP segments (Linux ``TCP_CORK``).
+
+    A burst of publishes is written one packet per ``send`` with ``TCP_NODELAY``; corked,
+    the kernel packs them into full segments and sends them when the burst ends, which
+    saves the broker (and the loopback or radio) a segment per record. True if corked.
+    """
+    setsockopt = getattr(client.socket(), "setsockopt", None)
+    if _TCP_CORK is None or setsockopt is None:
+        return False
+    try:
+        setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 class Uplink:
     """The cabinet's MQTT side; :meth:`start` it, :meth:`stop` it (see the module docstring).
 
@@ -291,7 +323,8 @@ class Uplink:
         self.cabinet_time = cabinet_time
         self.poll_s = poll_s
         self.idle_poll_s = idle_poll_s
-        self._busy = True
+        #: how long the next loop may wait for the socket (see _drain)
+        self._wait = 0.0
         self.client_id = client_id or self.cabinet_id
         self.backoff = Backoff(
             settings.reconnect_min_s, settings.reconnect_max_s, rng=rng or random.Random()
@@ -306,6 +339,7 @@ class Uplink:
         self._next_seq = 1
         self._last_progress = 0.0
         self._commands: deque[bytes] = deque()
+        self._acks: list[bytes] = []
         self._follow: dict[str, _Follow] = {}
         self._mismatch_alarmed: set[int] = set()
         self._inventory_sent: bytes | None = None
@@ -371,8 +405,12 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
-        client.max_inflight_messages_set(max(20, self.settings.window))
+        # paho's in-flight limit would rescan every in-flight message on each PUBACK;
+        # the window bounds the unacknowledged records, so the limit is off (0)
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
+        self._wait = 0.0
+        self._acks.clear()
         self._session_ok = False
         self._refused_connack = None
         try:
@@ -385,7 +423,7 @@ class Uplink:
         deadline = self.clock() + max(10.0, float(b.keepalive_s))
         try:
             while not self._stop.is_set():
-                rc = client.loop(timeout=self.poll_s if self._busy else self.idle_poll_s)
+                rc = self._loop_once(client, self._wait if self._session_ok else self.poll_s)
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
                 if self._refused_connack is not None:
@@ -401,6 +439,11 @@ class Uplink:
             log.exception("%s: uplink connection failed", self.cabinet_id)
         finally:
             was_ok = self._session_ok
+            if self._acks:  # read just before the connection ended: they still count
+                try:
+                    self._handle_acks()
+                except Exception:
+                    log.exception("%s: acks not applied", self.cabinet_id)
             self._session_ok = False
             self._connected.clear()
             self._client = None
@@ -418,8 +461,35 @@ class Uplink:
         info = client.publish(self.t_status, b"offline", qos=1, retain=True)
         end = self.clock() + 1.0
         while not info.is_published() and self.clock() < end:
-            if client.loop(timeout=0.02) != mqtt.MQTT_ERR_SUCCESS:
+            if self._loop_once(client, 0.02) != mqtt.MQTT_ERR_SUCCESS:
                 break
+
+    @staticmethod
+    def _loop_once(client: mqtt.Client, timeout: float) -> int:
+        """One pass of the network loop: wait up to ``timeout`` for the socket, read what
+        came, write what is queued, keep the connection alive (paho's ``loop()`` minus its
+        wake-up pipe: this thread is the only one that publishes, and a publish outside a
+        callback is written at once)."""
+        sock = client.socket()
+        if sock is None:
+            return int(mqtt.MQTT_ERR_NO_CONN)
+        pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted
+        buffered = pending() if pending is not None else 0
+        try:
+            readable, writable, _ = select.select(
+                [sock], [sock] if client.want_write() else [], [], 0.0 if buffered else timeout
+            )
+        except (OSError, ValueError, TypeError):
+            return int(mqtt.MQTT_ERR_CONN_LOST)
+        if readable or buffered:
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+                return int(rc) or int(mqtt.MQTT_ERR_NO_CONN)
+        if writable or client.want_write():  # callbacks queue packets (subscribe, results...)
+            rc = client.loop_write()
+            if rc != mqtt.MQTT_ERR_SUCCESS or client.socket() is None:
+                return int(rc) or int(mqtt.MQTT_ERR_NO_CONN)
+        return int(client.loop_misc())
 
     # ------------------------------------------------------------ callbacks
 
@@ -465,23 +535,60 @@ class Uplink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.t_ack:
-            self._handle_ack(bytes(message.payload))
+            self._acks.append(bytes(message.payload))
         elif message.topic == self.t_cmd:
             self._commands.append(bytes(message.payload))
 
     # ------------------------------------------------------------ acks
 
-    def _handle_ack(self, payload: bytes) -> None:
+    def _handle_acks(self) -> None:
+        """Apply the acks that arrived since the last tick, highest claim first.
+
+        Acks are cumulative: once one verifies and is applied (or is already covered),
+        the others claim no more than it did and could change nothing, so they are
+        dropped without a signature check or a store commit each. A claim that does not
+        verify, or names another head, is refused as before and the next one is tried.
+        """
+        payloads, self._acks = self._acks, []
+        if len(payloads) == 1:
+            self._handle_ack(payloads[0])
+            return
+        claims: list[tuple[int, Any]] = []
+        for payload in payloads:
+            try:
+                ack = parse_json(payload)
+            except SyncError as exc:
+                self.stats.bad_acks += 1
+                log.warning("%s: ack refused: %s", self.cabinet_id, exc)
+                continue
+            upto = ack.get("upto") if isinstance(ack, dict) else None
+            claims.append((upto if type(upto) is int else 0, ack))
+        claims.sort(key=lambda c: c[0], reverse=True)
+        for _, ack in claims:
+            if self._apply_ack(ack):
+                return
+
+    def _handle_ack(self, payload: bytes) -> bool:
         try:
             ack = parse_json(payload)
+        except SyncError as exc:
+            self.stats.bad_acks += 1
+            log.warning("%s: ack refused: %s", self.cabinet_id, exc)
+            return False
+        return self._apply_ack(ack)
+
+    def _apply_ack(self, ack: Any) -> bool:
+        """Verify one parsed ack and delete what it covers; True if it verified and holds
+        (applied now, or already covered by an earlier ack)."""
+        try:
             upto = verify_ack(ack, self.backend_key, cabinet_id=self.cabinet_id)
         except SyncError as exc:
             self.stats.bad_acks += 1
             log.warning("%s: ack refused: %s", self.cabinet_id, exc)
-            return
+            return False
         head = self.store.outbox_head()
         if upto <= head.acked_upto:
-            return
+            return True
         if upto > head.sealed_upto:
             self.stats.bad_acks += 1
             log.warning(
@@ -490,7 +597,7 @@ class Uplink:
                 upto,
                 head.sealed_upto,
             )
-            return
+            return False
         mine = self.store.outbox_hash(upto)
         if mine is not None and mine != ack["head"]:
             self.stats.bad_acks += 1
@@ -503,17 +610,20 @@ class Uplink:
                     data={"upto": upto, "ours": mine, "backend": ack["head"]},
                     severity="alarm",
                 )
-            return
+            return False
         self.store.outbox_ack(upto)
         self.stats.acks += 1
         self.stats.acked_upto = upto
         self._last_progress = self.clock()
+        return True
 
     # ------------------------------------------------------------ the tick
 
     def _tick(self, client: mqtt.Client) -> None:
         while self._commands:
             self._handle_command(client, self._commands.popleft())
+        if self._acks:
+            self._handle_acks()
         self._drain(client)
         now = self.clock()
         if now >= self._next_inventory:
@@ -548,24 +658,35 @@ class Uplink:
             in_flight = 0
         if in_flight == 0:
             self._last_progress = now
-        # poll fast while records are in flight or waiting; incoming messages (acks,
-        # commands) wake the loop at once anyway
-        self._busy = in_flight > 0 or head.sealed_upto > acked or bool(self._follow)
+        # Incoming messages (acks, commands, PUBACKs) wake the loop at once, so with the
+        # window full, or nothing sealed to send, it only has to look at the store now and
+        # then (new records, timers); while sealed records can still go out it does not wait.
+        self._wait = self.idle_poll_s
         room = self.settings.window - in_flight
         if room <= 0 or self._next_seq > head.sealed_upto:
             return
         rows = self.store.outbox_records(after_seq=self._next_seq - 1, limit=min(room, 1000))
-        for row in rows:
-            topic = self.t_sales if row.kind == "sale" else self.t_events
-            info = client.publish(topic, row.record_json.encode("utf-8"), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                log.warning("%s: publish of seq %d failed: %s", self.cabinet_id, row.seq, info.rc)
-                break
-            if row.seq <= self.stats.published:
-                self.stats.republished += 1
-            else:
-                self.stats.published = row.seq
-            self._next_seq = row.seq + 1
+        corked = len(rows) > 1 and _cork(client, True)
+        try:
+            for row in rows:
+                topic = self.t_sales if row.kind == "sale" else self.t_events
+                info = client.publish(topic, row.record_json.encode("utf-8"), qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    log.warning(
+                        "%s: publish of seq %d failed: %s", self.cabinet_id, row.seq, info.rc
+                    )
+                    self._wait = self.poll_s
+                    return
+                if row.seq <= self.stats.published:
+                    self.stats.republished += 1
+                else:
+                    self.stats.published = row.seq
+                self._next_seq = row.seq + 1
+        finally:
+            if corked:
+                _cork(client, False)  # sends what is left at once
+        if rows and self._next_seq <= head.sealed_upto and len(rows) < room:
+            self._wait = 0.0  # the read limit stopped it, not the window: go on at once
 
     # ------------------------------------------------------------ commands
 

@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Benchmarks of the cabinet -> backend sync against a real Mosquitto on this machine.
 
-    python scripts/bench_sync.py [--backlog 50000] [--cabinets 100] [--unlocks 400]
+    python scripts/bench_sync.py [--backlog 50000] [--drain-ingests 1,2] [--window 1024]
+                                 [--cabinets 100] [--unlocks 400] [--only drain,unlock,ingest]
 
 1. **Backlog drain**: one cabinet's outbox holds ``--backlog`` sealed sales (made
    through the cabinet store, then the uplink is started); time until the last
-   one is acked by the ingest (verified, chained, stored, committed). Target
-   >= 2,000 sales/s.
-2. **Unlock round trip**: ``--cabinets`` simulated cabinets connected (one
-   process, one uplink each); the backend sends signed unlocks one after another
+   one is acked by the ingest (verified, chained, stored, committed) and removed
+   from the outbox. The same backlog (a copy of the cabinet store taken before the
+   first drain) is drained once per entry of ``--drain-ingests``: that many ingest
+   processes share the MQTT group and one database, each drain into a fresh ingest
+   database. The cabinet drains with an in-flight window of ``--window`` records
+   (its ``[sync] window``; ``SyncSettings`` defaults to 256, with which two ingest
+   processes drain about a tenth slower here: a larger window means larger ingest
+   batches and fewer acks) and its own retransmit period (10 s). Target >= 2,000 sales/s; the
+   summary gives every figure and says how many ingest processes each one used.
+2. **Unlock round trip**: ``--cabinets`` simulated cabinets connected (ten
+   processes, one uplink each); the backend sends signed unlocks one after another
    and times each until the cabinet's ``unlocked`` result arrives (verify,
    nonce stored with fsync, session begun in the cabinet store). Target p99 <= 50 ms.
 3. **Ingest throughput, 1 vs 2 ingest processes**: 8 cabinets' sealed records
@@ -18,6 +26,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,10 +46,10 @@ from cloud_sync.simcab import SimFleet  # noqa: E402
 from cloud_sync.transport import new_client  # noqa: E402
 
 
-def _count(db_path: Path) -> int:
+def _counts(db_path: Path) -> dict[str, int]:
     db = IngestDB(db_path)
     try:
-        return db.counts()["records"]
+        return db.counts()
     finally:
         db.close()
 
@@ -51,9 +60,19 @@ def _fleet(lab: Lab, cabinets: list[str], **kw: object) -> SimFleet:
                     backend_public_key=lab.backend_public, **kw)  # type: ignore[arg-type]
 
 
-def bench_drain(work: Path, n: int, window: int) -> float:
+def _copy_store(src: Path, dst: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        target = dst.with_name(dst.name + suffix)
+        target.unlink(missing_ok=True)
+        if src.with_name(src.name + suffix).exists():
+            shutil.copy2(src.with_name(src.name + suffix), target)
+
+
+def bench_drain(work: Path, n: int, window: int, ingests: list[int]) -> list[tuple[int, float]]:
+    """Drain the same ``n``-sale backlog once per entry of ``ingests`` (ingest processes)."""
     lab = Lab(work / "drain", ["cab-bench"])
     lab.start_broker()
+    rates: list[tuple[int, float]] = []
     try:
         fleet = _fleet(lab, ["cab-bench"], fast=True)
         cab = fleet.cabinets[0]
@@ -64,23 +83,45 @@ def bench_drain(work: Path, n: int, window: int) -> float:
         print(f"  backlog: {n} sealed sales written in {gen:.1f} s "
               f"({n / gen:.0f}/s, synchronous=NORMAL)", flush=True)
         fleet.stop()
-        ingest = lab.spawn_ingest(lab.ingest_config(batch_max=1000))
-        time.sleep(1.0)
-        fleet = _fleet(lab, ["cab-bench"], window=window)
-        t0 = time.perf_counter()
-        fleet.start()
-        while not fleet.all_acked():
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - t0
-        fleet.stop()
-        ingest.terminate()
-        ingest.wait(10)
-        stored = _count(lab.ingest_db)
-        rate = n / elapsed
-        print(f"  drain: {n} sales acked and stored ({stored} in the ingest db) in "
-              f"{elapsed:.2f} s = {rate:.0f} sales/s (window {window}; target >= 2000)",
-              flush=True)
-        return rate
+        store = lab.cab_dir / "cab-bench.db"
+        backlog = work / "drain" / "backlog-copy.db"
+        _copy_store(store, backlog)  # the store is closed: WAL checkpointed
+        for run, processes in enumerate(ingests):
+            if run:
+                _copy_store(backlog, store)  # the very same sealed records again
+            lab.ingest_db = work / "drain" / f"ingest-drain-{run}-{processes}p.db"
+            config = lab.ingest_config(f"ingest-drain-{run}.toml", batch_max=1000)
+            procs = [lab.spawn_ingest(config, f"ingest-drain-{run}-{i}.log")
+                     for i in range(processes)]
+            time.sleep(1.0)
+            # a cabinet's own retransmit period (SyncSettings' default 10 s), not the
+            # simulator's short one for fault tests
+            fleet = _fleet(lab, ["cab-bench"], window=window, retransmit_s=10.0)
+            head = fleet.cabinets[0].store.outbox_head()
+            pending = head.last_seq - head.acked_upto
+            t0 = time.perf_counter()
+            fleet.start()
+            while not fleet.all_acked():
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - t0
+            left = len(fleet.cabinets[0].store.outbox_records(limit=10))
+            stats = fleet.cabinets[0].uplink.stats
+            fleet.stop()
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+            counts = _counts(lab.ingest_db)
+            rate = pending / elapsed
+            rates.append((processes, rate))
+            print(f"  drain with {processes} ingest process(es): {pending} sales acked, "
+                  f"removed from the outbox ({left} left) and stored ({counts['records']} in "
+                  f"the ingest db, held {counts['held']}, quarantined {counts['quarantine']}, "
+                  f"alarms {counts['alarms']}) in {elapsed:.2f} s = {rate:.0f} sales/s "
+                  f"(window {window}; {stats.acks} acks, {stats.republished} republished, "
+                  f"{stats.commands} resend command(s); "
+                  f"target >= 2000)", flush=True)
+        return rates
     finally:
         lab.close()
 
@@ -186,26 +227,46 @@ def bench_ingest(work: Path, per_cabinet: int, processes: int) -> float:
         lab.close()
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backlog", type=int, default=50_000)
-    parser.add_argument("--window", type=int, default=256, help="uplink in-flight window")
+    parser.add_argument("--window", type=int, default=1024,
+                        help="the draining cabinet's in-flight window ([sync] window; "
+                             "SyncSettings' default is 256)")
+    parser.add_argument("--drain-ingests", type=_int_list, default=[1, 2], metavar="N,...",
+                        help="drain the backlog once with each of these numbers of ingest "
+                             "processes (default 1,2)")
     parser.add_argument("--cabinets", type=int, default=100)
     parser.add_argument("--unlocks", type=int, default=400)
     parser.add_argument("--per-cabinet", type=int, default=3000, help="ingest bench records")
+    parser.add_argument("--only", default="drain,unlock,ingest",
+                        help="comma-separated subset of drain,unlock,ingest")
     args = parser.parse_args()
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     work = Path(tempfile.mkdtemp(prefix="freshbox-bench-"))
     print(f"bench_sync (work dir {work})", flush=True)
-    print("1. backlog drain", flush=True)
-    drain = bench_drain(work, args.backlog, args.window)
-    print("2. unlock round trip", flush=True)
-    p50, p99 = bench_unlock(work, args.cabinets, args.unlocks)
-    print("3. ingest throughput", flush=True)
-    one = bench_ingest(work, args.per_cabinet, 1)
-    two = bench_ingest(work, args.per_cabinet, 2)
-    print(f"summary: drain {drain:.0f} sales/s; unlock p50 {p50:.1f} ms p99 {p99:.1f} ms "
-          f"({args.cabinets} cabinets); ingest {one:.0f} records/s with 1 process, "
-          f"{two:.0f} with 2 ({two / one:.2f}x)", flush=True)
+    summary: list[str] = []
+    if "drain" in only:
+        print("1. backlog drain", flush=True)
+        rates = bench_drain(work, args.backlog, args.window, args.drain_ingests)
+        summary.append("drain " + ", ".join(
+            f"{rate:.0f} sales/s with {k} ingest process{'es' if k > 1 else ''}"
+            for k, rate in rates) + f" (window {args.window})")
+    if "unlock" in only:
+        print("2. unlock round trip", flush=True)
+        p50, p99 = bench_unlock(work, args.cabinets, args.unlocks)
+        summary.append(f"unlock p50 {p50:.1f} ms p99 {p99:.1f} ms ({args.cabinets} cabinets)")
+    if "ingest" in only:
+        print("3. ingest throughput", flush=True)
+        one = bench_ingest(work, args.per_cabinet, 1)
+        two = bench_ingest(work, args.per_cabinet, 2)
+        summary.append(f"ingest {one:.0f} records/s with 1 process, "
+                       f"{two:.0f} with 2 ({two / one:.2f}x)")
+    print("summary: " + "; ".join(summary), flush=True)
     return 0
 
 
