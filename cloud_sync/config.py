@@ -19,7 +19,7 @@ key                        meaning (default)
 ``password``               MQTT password, or ``password_file``: a file holding it
 ``signing_key``            the cabinet's Ed25519 private key file (required): seals the outbox
 ``backend_public_key``     the backend's public key, base64url text or a key file (required)
-``window``                 records published and not yet acked, at most (256)
+``window``                 records published and not yet acked, at most (1024)
 ``keepalive_s``            MQTT keepalive (30)
 ``telemetry_interval_s``   telemetry period (60)
 ``retransmit_s``           republish the unacked records when no ack came for this long (10)
@@ -196,7 +196,7 @@ class SyncSettings:
     broker: BrokerSettings
     signing_key: Path
     backend_public_key: str
-    window: int = 256
+    window: int = 1024
     telemetry_interval_s: float = 60.0
     retransmit_s: float = 10.0
     reconnect_min_s: float = 0.5
@@ -216,7 +216,7 @@ def parse_sync(table: object, *, source: str, cabinet_id: str) -> SyncSettings:
             "signing_key", f"{signing_key}: no such key file (freshbox keys init --out FILE)"
         )
     backend_public_key = r.str_("backend_public_key")
-    window = r.int_("window", 256, minimum=1, maximum=65535)
+    window = r.int_("window", 1024, minimum=1, maximum=65535)
     telemetry = r.num("telemetry_interval_s", 60.0)
     retransmit = r.num("retransmit_s", 10.0)
     rmin = r.num("reconnect_min_s", 0.5)

@@ -147,7 +147,7 @@ def test_acks_arriving_together_apply_the_highest_that_verifies(tmp_path: Path) 
 
 def test_sync_config_defaults_and_errors(tmp_path: Path) -> None:
     s = parse_sync(_sync_table(tmp_path), source="cab.toml", cabinet_id=CAB)
-    assert s.broker.port == 1883 and s.broker.username == CAB and s.window == 256
+    assert s.broker.port == 1883 and s.broker.username == CAB and s.window == 1024
     assert (
         parse_sync(_sync_table(tmp_path, tls=True), source="c", cabinet_id=CAB).broker.port == 8883
     )
