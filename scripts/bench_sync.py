@@ -11,9 +11,9 @@
    first drain) is drained once per entry of ``--drain-ingests``: that many ingest
    processes share the MQTT group and one database, each drain into a fresh ingest
    database. The cabinet drains with an in-flight window of ``--window`` records
-   (its ``[sync] window``; ``SyncSettings`` defaults to 256, with which two ingest
-   processes drain about a tenth slower here: a larger window means larger ingest
-   batches and fewer acks) and its own retransmit period (10 s). Target >= 2,000 sales/s; the
+   (its ``[sync] window``, 1024 by default: a smaller window means smaller ingest
+   batches and more acks, and two ingest processes drain about a tenth slower at 256)
+   and its own retransmit period (10 s). Target >= 2,000 sales/s; the
    summary gives every figure and says how many ingest processes each one used.
 2. **Unlock round trip**: ``--cabinets`` simulated cabinets connected (ten
    processes, one uplink each); the backend sends signed unlocks one after another
@@ -236,7 +236,7 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=50_000)
     parser.add_argument("--window", type=int, default=1024,
                         help="the draining cabinet's in-flight window ([sync] window; "
-                             "SyncSettings' default is 256)")
+                             "default 1024)")
     parser.add_argument("--drain-ingests", type=_int_list, default=[1, 2], metavar="N,...",
                         help="drain the backlog once with each of these numbers of ingest "
                              "processes (default 1,2)")
