@@ -71,3 +71,11 @@ def test_receipt_event_reaches_the_resident_after_commit(backend_env: Env) -> No
     assert receipt["verified"] is True and len(receipt["record_hash"]) == 64
     assert receipt["lines"][0]["name"] == "Bok choy"
     assert any(ch == "operator:op-greenvale" for ch, _ in got)
+
+
+def test_the_sale_statement_names_every_column_in_order() -> None:
+    from backend.sales import _SALE_COLUMNS, _SQL_SALE
+
+    names = _SQL_SALE.split("(", 1)[1].split(")", 1)[0].split(", ")
+    assert tuple(names) == _SALE_COLUMNS
+    assert _SQL_SALE.count("?") == len(_SALE_COLUMNS)
