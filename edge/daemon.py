@@ -94,6 +94,13 @@ def run_daemon(
             sessions=config.sessions,
             on_session=on_session,
         )
+        overrides = store.lane_overrides()
+        if overrides:  # prices and labels set by commands outlive a restart
+            try:
+                _apply_lanes(cabinet, overrides, lambda: None, persist=False)
+                log.info("lane changes from earlier commands applied: %s", sorted(overrides))
+            except CommandRefused as exc:
+                log.warning("stored lane changes no longer fit the configuration: %s", exc)
         found = cabinet.recover(door_open=hardware.door.is_open)
         if found:
             log.warning("found %d unfinished session(s) from before the restart", found)
@@ -320,9 +327,14 @@ _PLANOGRAM_FIELDS = {
 
 
 def _apply_lanes(
-    cabinet: Cabinet, changes: Mapping[int, Mapping[str, Any]], idle: Callable[[], None]
+    cabinet: Cabinet,
+    changes: Mapping[int, Mapping[str, Any]],
+    idle: Callable[[], None],
+    *,
+    persist: bool = True,
 ) -> dict[str, Any]:
-    """Change lanes in place (prices, SKU, names, pack weights); not the channel or the mode."""
+    """Change lanes in place (prices, SKU, names, pack weights); not the channel or the mode.
+    The changes are kept in the store (``persist``) and re-applied at every start."""
     idle()
     by_lane = {ln.lane: ln for ln in cabinet.lanes}
     updated = []
@@ -367,4 +379,6 @@ def _apply_lanes(
     cabinet.lanes = tuple(sorted(by_lane.values(), key=lambda ln: ln.lane))
     cabinet.spec = dataclasses.replace(cabinet.spec, lanes=cabinet.lanes)
     cabinet._refresh_tolerances()
+    if persist:
+        cabinet.store.save_lane_overrides(changes)
     return {"lanes": sorted(updated)}

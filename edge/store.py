@@ -1364,6 +1364,28 @@ class CabinetStore:
             for r in rows
         }
 
+    def lane_overrides(self) -> dict[int, dict[str, Any]]:
+        """Lane changes made by commands (prices, SKU, names): they outlive a restart and
+        are applied over the configuration file's lanes at start."""
+        with self._op("lane_overrides"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'lane_overrides'").fetchone()
+        if row is None:
+            return {}
+        return {int(k): dict(v) for k, v in json.loads(row[0]).items()}
+
+    def save_lane_overrides(self, changes: Mapping[int, Mapping[str, Any]]) -> None:
+        """Merge ``changes`` into the stored overrides (the latest value of a field wins)."""
+        with self._write("save_lane_overrides") as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'lane_overrides'").fetchone()
+            merged: dict[str, dict[str, Any]] = {} if row is None else json.loads(row[0])
+            for lane, change in changes.items():
+                merged.setdefault(str(lane), {}).update(change)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('lane_overrides', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [json.dumps(merged, sort_keys=True)],
+            )
+
     def set_inventory(
         self,
         rows: Mapping[int, InventoryRow] | Iterable[InventoryRow],

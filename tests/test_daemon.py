@@ -191,3 +191,38 @@ def test_a_new_cabinet_records_its_inventory_before_any_session(tmp_path: Path) 
     assert inventory[1].count == 6  # six 500 g packs of tomatoes
     assert inventory[3].count == 4 and len(inventory[3].items) == 4  # tracked eggs
     assert inventory[2].count is None and inventory[2].level_g > 1000  # weighed bok choy
+
+
+def test_prices_set_by_command_outlive_a_restart(tmp_path: Path) -> None:
+    """set_prices/set_planogram change the running cabinet and are kept in its store:
+    after a restart the cabinet bills at the backend's prices, not the file's."""
+    import tomllib
+
+    from edge.commands import default_config_text
+    from edge.config import parse_config
+    from edge.daemon import _apply_lanes, run_daemon
+
+    data = tomllib.loads(default_config_text())
+    data["cabinet"]["db"] = str(tmp_path / "cab.db")
+    data["hardware"]["sim"]["residents"] = False
+    config = parse_config(data, source="test", base=tmp_path)
+    store = CabinetStore(tmp_path / "cab.db", cabinet_id=config.cabinet_id)
+    store.save_lane_overrides({1: {"price": 720}})
+    store.save_lane_overrides({4: {"name": "Red chili 150 g"}, 1: {"sku": "tomato-500"}})
+    store.close()
+    cabinet = run_daemon(config, duration=1.0, stop=threading.Event())
+    lanes = {ln.lane: ln for ln in cabinet.lanes}
+    assert lanes[1].price_fen == 720 and lanes[4].name == "Red chili 150 g"
+    assert lanes[2].price_fen_per_kg == 800  # untouched lanes keep the file's values
+
+    store = CabinetStore(tmp_path / "cab.db", cabinet_id=config.cabinet_id)
+    try:
+        cabinet.store = store
+        _apply_lanes(cabinet, {2: {"price": 950}}, lambda: None)
+        assert store.lane_overrides() == {
+            1: {"price": 720, "sku": "tomato-500"},
+            2: {"price": 950},
+            4: {"name": "Red chili 150 g"},
+        }
+    finally:
+        store.close()
