@@ -161,23 +161,6 @@ class Fleet:
 
     # ---------------------------------------------------------------- commands
 
-    def publish_command(self, cabinet_id: str, name: str, args: dict[str, Any]) -> str:
-        """Sign and publish a command; returns its nonce."""
-        nonce = new_nonce()
-        cmd = seal_command(
-            cabinet_id,
-            name,
-            args,
-            nonce,
-            self.clock.now() + timedelta(seconds=self.settings.command_ttl_s),
-            self.key,
-        )
-        client = self._client
-        if client is None:
-            raise SyncError("the fleet is not started")
-        client.publish(topics.cmd(cabinet_id), canonical_bytes(cmd), qos=1)
-        return nonce
-
     async def command(
         self,
         cabinet_id: str,
