@@ -110,7 +110,7 @@ def _fail(message: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from backend.demo import DemoOptions, run_demo
 
-    _info_logging()
+    _quiet_libraries()
     opts = DemoOptions(
         directory=args.dir,
         port=args.port,
@@ -129,12 +129,9 @@ def _demo(args: argparse.Namespace) -> int:
         return _fail(f"cannot start the demo: {exc}")
 
 
-def _info_logging() -> None:
+def _quiet_libraries() -> None:
     import logging
 
-    root = logging.getLogger()
-    if root.level > logging.INFO:
-        root.setLevel(logging.WARNING)
     for noisy in ("amqtt", "transitions", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,7 +57,6 @@ class BackendSettings:
     velocity_days: int = 7  # restock: recent sales velocity over this many days
     horizon_days: float = 2.0  # restock: expected sales of the next days
     restock_publish_s: float = 60.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:

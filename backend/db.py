@@ -17,7 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from cloud_sync.sqldb import database_url, is_postgres, make_engine
 
@@ -86,5 +86,3 @@ class Database:
         self._pool.shutdown(wait=True)
         self.engine.dispose()
 
-
-Conn = Connection

@@ -226,7 +226,6 @@ async def run_demo(opts: DemoOptions) -> int:
         else:
             await stop.wait()
         stats = await shoppers
-        await asyncio.sleep(0)
         counts = await server.backend.db.query(_counts)
         print(
             f"freshbox demo: {time.monotonic() - started:.0f} s, {stats.opens} Open presses, "

@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -114,7 +113,6 @@ class Fleet:
         self._connected = threading.Event()
         self._waiters: dict[str, _Waiter] = {}
         self._lock = threading.Lock()
-        self.result_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._state: dict[tuple[str, str], tuple[Callable[..., None], tuple[Any, ...]]] = {}
         self._dirty = threading.Event()
         self._stopping = threading.Event()
@@ -308,8 +306,6 @@ class Fleet:
         if waiter is not None and (result.status in waiter.until or not result.ok):
             waiter.loop.call_soon_threadsafe(_settle, waiter.future, result)
         self._defer((cabinet_id, "cmd/result"), self._record_result, (nonce, doc))
-        for listener in self.result_listeners:
-            listener(doc)
 
     # ---------------------------------------------------------------- state
 
@@ -482,6 +478,3 @@ def _settle(future: asyncio.Future[CommandResult], result: CommandResult) -> Non
     if not future.done():
         future.set_result(result)
 
-
-def monotonic_ms() -> float:
-    return time.perf_counter() * 1000.0

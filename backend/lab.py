@@ -30,7 +30,7 @@ CAB = "cab-demo-01"
 
 class Stack:
     def __init__(
-        self, tmp: Path, *, count: int = 1, door_alarm_s: float | None = None, **settings: Any
+        self, tmp: Path, *, count: int = 1, door_alarm_s: float = 120.0, **settings: Any
     ) -> None:
         self.broker = EmbeddedBroker()
         self.broker.start()
@@ -40,7 +40,7 @@ class Stack:
             self.broker.settings(),
             key,
             count=count,
-            door_alarm_s=120.0 if door_alarm_s is None else door_alarm_s,
+            door_alarm_s=door_alarm_s,
         )
         self.cabinets.prepare()
         opts = replace(

@@ -92,12 +92,6 @@ class BackendServer:
         self._running = _Running(runner, tasks, stop)
         log.info("backend listening on %s (database %s)", self.url, self.db.url.get_backend_name())
 
-    def enrol(self, cabinet_id: str, public_key: str) -> None:
-        """Accept records from a cabinet (the backend also does this at start for every
-        cabinet whose ``public_key`` is set)."""
-        if self.backend.fleet is not None:
-            self.backend.fleet.enrol(cabinet_id, public_key)
-
     async def stop(self) -> None:
         running = self._running
         self._running = None
