@@ -135,25 +135,6 @@ _SQL_LINE = (
 _SQL_UNLOCK_DONE = (
     "UPDATE unlocks SET status = ?, sale_seq = ? WHERE cabinet_id = ? AND session_id = ?"
 )
-_SQL_REF_SEEN = "SELECT 1 FROM wallet_entries WHERE ref = ?"
-_SQL_MOVE = "UPDATE users SET balance_fen = balance_fen - ? WHERE id = ? RETURNING balance_fen"
-_SQL_ENTRY = (
-    "INSERT INTO wallet_entries (user_id, kind, amount_fen, balance_after_fen, ref, note,"
-    " created_at) VALUES (?, 'charge', ?, ?, ?, ?, ?)"
-)
-
-
-def _charge(tx: Tx, user_id: int, fen: int, ref: str, note: str, at: str) -> int | None:
-    """``wallet.post`` of a charge on the ingest's cursor: the new balance, or None when
-    ``ref`` was charged before (nothing changes then)."""
-    if tx.one(_SQL_REF_SEEN, [ref]) is not None:
-        return None
-    row = tx.one(_SQL_MOVE, [fen, user_id])
-    if row is None:
-        return None
-    after = int(row[0])
-    tx.execute(_SQL_ENTRY, [user_id, -fen, after, ref, note[:300], at])
-    return after
 
 _USER_OF = select(t.users.c.id).where(t.users.c.resident_code == bindparam("code"))
 _OPERATOR_OF = select(t.cabinets.c.operator_id).where(t.cabinets.c.id == bindparam("cabinet"))
@@ -297,7 +278,7 @@ class RecordApplier:
         balance: int | None = None
         if charge:
             assert user_id is not None
-            balance = _charge(
+            balance = wallet.charge_on_cursor(
                 tx,
                 user_id,
                 charge,

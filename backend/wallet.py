@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection
 from backend import schema as t
 from backend.clock import iso
 from backend.errors import InputError, NotFound
+from cloud_sync.ingest_db import Tx
 
-__all__ = ["balance", "history", "post", "post_balance"]
+__all__ = ["balance", "charge_on_cursor", "history", "post", "post_balance"]
 
 _SEEN = select(t.wallet_entries.c.id).where(t.wallet_entries.c.ref == bindparam("ref"))
 _MOVE = (
@@ -93,6 +94,28 @@ def post_balance(
             }
         ],
     )
+    return after
+
+
+_SQL_REF_SEEN = "SELECT 1 FROM wallet_entries WHERE ref = ?"
+_SQL_MOVE = "UPDATE users SET balance_fen = balance_fen - ? WHERE id = ? RETURNING balance_fen"
+_SQL_ENTRY = (
+    "INSERT INTO wallet_entries (user_id, kind, amount_fen, balance_after_fen, ref, note,"
+    " created_at) VALUES (?, 'charge', ?, ?, ?, ?, ?)"
+)
+
+
+def charge_on_cursor(tx: Tx, user_id: int, fen: int, ref: str, note: str, at: str) -> int | None:
+    """``post_balance`` of a charge of ``fen`` on the ingest's cursor (the hot path that
+    applies sales, see ``backend.sales``): the same three steps with constant statements.
+    The new balance, or None when ``ref`` was charged before (nothing changes then)."""
+    if tx.one(_SQL_REF_SEEN, [ref]) is not None:
+        return None
+    row = tx.one(_SQL_MOVE, [fen, user_id])
+    if row is None:
+        return None
+    after = int(row[0])
+    tx.execute(_SQL_ENTRY, [user_id, -fen, after, ref, note[:300], at])
     return after
 
 
