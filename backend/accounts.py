@@ -31,6 +31,7 @@ __all__ = [
     "end_session",
     "principal_by_session",
     "principal_by_token",
+    "principal_by_username",
     "start_session",
 ]
 
@@ -166,6 +167,13 @@ def authenticate(conn: Connection, username: str, password: str) -> Principal | 
             .where(t.users.c.id == row.id)
             .values(password_hash=hash_password(password))
         )
+    return _principal(row)
+
+
+def principal_by_username(conn: Connection, username: str) -> Principal:
+    """The principal of a user, without a password: for the backend's own simulated
+    residents (the demo), never for a request."""
+    row = conn.execute(select(t.users).where(t.users.c.username == username)).one()
     return _principal(row)
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import func, select
 
 from backend import schema as t
-from backend.accounts import Principal
+from backend.accounts import principal_by_username
 from backend.broker import EmbeddedBroker
 from backend.config import BackendSettings, load_settings
 from backend.democabinets import DemoFleet, ensure_backend_key
@@ -111,18 +111,6 @@ def _specs(fleet: DemoFleet) -> list[CabinetSpec]:
     return specs
 
 
-def _principal(conn: Any, username: str) -> Principal:
-    row = conn.execute(select(t.users).where(t.users.c.username == username)).one()
-    return Principal(
-        user_id=row.id,
-        username=row.username,
-        role=row.role,
-        display_name=row.display_name,
-        household_id=row.household_id,
-        resident_code=row.resident_code,
-    )
-
-
 def _counts(conn: Any) -> dict[str, int]:
     def n(table: Any) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -136,7 +124,7 @@ async def _shoppers(
     be = server.backend
     rng = random.Random(opts.seed)
     stats = DemoStats()
-    people = [await be.db.query(_principal, u) for u in SHOPPERS]
+    people = [await be.db.query(principal_by_username, u) for u in SHOPPERS]
     await asyncio.sleep(3.0)
     while not stop.is_set():
         who = rng.choice(people)
